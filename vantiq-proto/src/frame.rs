@@ -1,0 +1,1021 @@
+//! Typed models of every frame of the extension-source protocol, in both directions.
+//!
+//! Decoding is total and lenient: any byte string gives a frame or a [`FrameError`], never a
+//! panic; unknown fields are skipped, `status` may be any JSON number (or a numeric string), and
+//! the server's bookkeeping fields (`address`, `isSystemResource`, `skipMonitoring`, …) are
+//! ignored whatever their type. Payloads stay JSON text ([`Json`]), so decoding never builds a
+//! tree. Encoding produces the compact form with only the keys the peer needs.
+//!
+//! ```
+//! use vantiq_proto::frame::{ClientFrame, ServerFrame};
+//!
+//! let f = ServerFrame::decode(br#"{"op":"publish","resourceName":"sources",
+//!     "resourceId":"S","object":{"hello":"world"},"isSystemResource":null}"#).unwrap();
+//! match f {
+//!     ServerFrame::Publish { object, .. } => assert_eq!(object.as_str(), r#"{"hello":"world"}"#),
+//!     other => panic!("{other:?}"),
+//! }
+//!
+//! let out = ClientFrame::Validate { token: Some("t0k".into()) }.encode();
+//! assert_eq!(out, r#"{"op":"validate","resourceName":"system.credentials","object":"t0k"}"#);
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::json::Json;
+
+/// `resourceName` of every source operation.
+pub const RESOURCE_SOURCES: &str = "sources";
+/// `resourceName` of the authentication operations.
+pub const RESOURCE_CREDENTIALS: &str = "system.credentials";
+/// Key of the reply address inside a query's `messageHeaders`.
+pub const REPLY_ADDR_HEADER: &str = "REPLY_ADDR_HEADER";
+/// Key of the reply address inside a query reply's `headers`.
+pub const X_REPLY_ADDRESS: &str = "X-Reply-Address";
+
+/// An HTTP-style status as carried by op-less frames.
+///
+/// Any JSON number is accepted on input (`200`, `200.0`, `"200"`); the value is truncated to an
+/// integer. 100–199 means "more to come", 200–299 success, anything else an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Status(pub i64);
+
+impl Status {
+    /// 100: a partial query reply, more follow.
+    pub const PARTIAL: Status = Status(100);
+    /// 200: success (a final query reply with data).
+    pub const OK: Status = Status(200);
+    /// 204: success without data (a final, empty query reply).
+    pub const NO_CONTENT: Status = Status(204);
+    /// 400: the status of a query error reply.
+    pub const BAD_REQUEST: Status = Status(400);
+    /// 401: the status the server uses for a rejected token.
+    pub const UNAUTHORIZED: Status = Status(401);
+
+    /// 100–199.
+    #[must_use]
+    pub fn is_partial(self) -> bool {
+        (100..200).contains(&self.0)
+    }
+
+    /// 200–299.
+    #[must_use]
+    pub fn is_success(self) -> bool {
+        (200..300).contains(&self.0)
+    }
+
+    /// Anything that is neither partial nor success (≥ 300, and nonsense below 100).
+    #[must_use]
+    pub fn is_error(self) -> bool {
+        !self.is_partial() && !self.is_success()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Why a frame could not be used. The frame is dropped; the session goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The bytes are not one valid JSON value.
+    #[error("frame is not valid JSON: {message}")]
+    InvalidJson {
+        /// serde_json's description, with line and column.
+        message: String,
+    },
+    /// The JSON is valid but not an object.
+    #[error("frame is JSON but not an object (found {found})")]
+    NotAnObject {
+        /// The kind of JSON value found.
+        found: &'static str,
+    },
+    /// `op` is present but is not a string.
+    #[error("frame field `op` is not a string")]
+    OpNotString,
+    /// The frame has no `op` and no usable `status`.
+    #[error("frame has neither `op` nor a numeric `status`")]
+    NoOpNoStatus,
+    /// A field the operation needs is missing or of the wrong type.
+    #[error("`{op}` frame lacks `{field}`")]
+    MissingField {
+        /// The operation (or `status reply`).
+        op: &'static str,
+        /// The path of the missing field.
+        field: &'static str,
+    },
+    /// An operation this SDK does not know (test-only ops such as `testRequestsClientClose`
+    /// included).
+    #[error("unknown op `{op}`")]
+    UnknownOp {
+        /// The op as received.
+        op: String,
+    },
+    /// A known frame that makes no sense in the connection's current state.
+    #[error("unexpected {frame} frame while {state}")]
+    Unexpected {
+        /// What kind of frame arrived.
+        frame: &'static str,
+        /// The connection state it arrived in.
+        state: &'static str,
+    },
+    /// A frame addressed to another source than the one this connection serves.
+    #[error("frame for source `{got}` arrived on the connection of source `{expected}`")]
+    WrongSource {
+        /// This connection's source.
+        expected: String,
+        /// The `resourceId` of the frame.
+        got: String,
+    },
+    /// The connection has no open socket, so no frame can arrive.
+    #[error("frame received while no socket is open")]
+    NoSocket,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------------------------
+
+/// An op-less frame: an acknowledgement, an authentication or connect reply, or an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusFrame {
+    /// The status.
+    pub status: Status,
+    /// The body, if any (errors carry a list of `{code, message, params}`).
+    pub body: Option<Json>,
+}
+
+impl StatusFrame {
+    /// The first error's `code` and `message` of a Vantiq error list body
+    /// (`[{"code": …, "message": …}]`), if the body has that shape.
+    #[must_use]
+    pub fn error_summary(&self) -> (Option<String>, Option<String>) {
+        let Some(body) = &self.body else {
+            return (None, None);
+        };
+        let value = body.to_value();
+        let first = match &value {
+            serde_json::Value::Array(items) => items.first(),
+            obj @ serde_json::Value::Object(_) => Some(obj),
+            _ => None,
+        };
+        let text = |key: &str| {
+            first
+                .and_then(|v| v.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let message = text("message").or_else(|| match &value {
+            serde_json::Value::String(s) => Some(s.clone()),
+            _ => None,
+        });
+        (text("code"), message)
+    }
+}
+
+/// A frame sent by the Vantiq server to a connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// An op-less status frame (auth reply, connect reply, acknowledgement, error).
+    Status(StatusFrame),
+    /// `configureExtension`: the source's configuration document (`object.config`).
+    ConfigureExtension {
+        /// `resourceId`, the source name (the Python test server omits it).
+        resource_id: Option<String>,
+        /// `object.config`.
+        config: Json,
+    },
+    /// `publish`: data published to the source.
+    Publish {
+        /// `resourceId`.
+        resource_id: Option<String>,
+        /// `object`.
+        object: Json,
+    },
+    /// `query`: a `SELECT … FROM SOURCE` awaiting replies.
+    Query {
+        /// `resourceId`.
+        resource_id: Option<String>,
+        /// `messageHeaders.REPLY_ADDR_HEADER`.
+        reply_address: String,
+        /// `object`: the WITH parameters (`{}` when absent).
+        object: Json,
+    },
+    /// `reconnectRequired`: start again at `connectExtension` (configuration changed).
+    ReconnectRequired {
+        /// `resourceId`.
+        resource_id: Option<String>,
+    },
+    /// Any other op.
+    Unknown {
+        /// The op as received.
+        op: String,
+    },
+}
+
+/// A query reply (`status` + `headers.X-Reply-Address` + optional `body`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryReply {
+    /// 100 partial, 200 complete, 204 empty, 400 error.
+    pub status: Status,
+    /// The query's reply address.
+    pub reply_address: String,
+    /// Rows (object or array of objects), or the error object; none for 204.
+    pub body: Option<Json>,
+}
+
+/// A frame sent by a connector to the Vantiq server.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientFrame {
+    /// `validate`: authenticate with an access token.
+    Validate {
+        /// The token (`null` on the wire when absent, as the Python SDK sends).
+        token: Option<String>,
+    },
+    /// `authenticate`: authenticate with a user name and password.
+    Authenticate {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// `connectExtension`: attach this socket to a source.
+    ConnectExtension {
+        /// The source name (`resourceId`).
+        source: String,
+        /// `parameters.reconnectSecret`.
+        reconnect_secret: Option<String>,
+    },
+    /// `notification`: an event for `/sources/<source>`.
+    Notification {
+        /// The source name (`resourceId`).
+        source: String,
+        /// The event (a JSON object).
+        object: Json,
+    },
+    /// A reply to a query.
+    QueryReply(QueryReply),
+    /// Any other op.
+    Unknown {
+        /// The op as received.
+        op: String,
+    },
+}
+
+impl fmt::Debug for ClientFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientFrame::Validate { token } => f
+                .debug_struct("Validate")
+                .field("token", &token.as_ref().map(|_| "<redacted>"))
+                .finish(),
+            ClientFrame::Authenticate { username, .. } => f
+                .debug_struct("Authenticate")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            ClientFrame::ConnectExtension {
+                source,
+                reconnect_secret,
+            } => f
+                .debug_struct("ConnectExtension")
+                .field("source", source)
+                .field("reconnect_secret", reconnect_secret)
+                .finish(),
+            ClientFrame::Notification { source, object } => f
+                .debug_struct("Notification")
+                .field("source", source)
+                .field("object", object)
+                .finish(),
+            ClientFrame::QueryReply(r) => f.debug_tuple("QueryReply").field(r).finish(),
+            ClientFrame::Unknown { op } => f.debug_struct("Unknown").field("op", op).finish(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------------
+
+/// A field as found: absent, usable, or present with a type we cannot use.
+enum Found<T> {
+    Absent,
+    Value(T),
+    WrongType,
+}
+
+impl<T> Found<T> {
+    fn ok(self) -> Option<T> {
+        match self {
+            Found::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Every field of either direction, borrowed from the input where possible.
+struct Wire<'a> {
+    op: Found<Cow<'a, str>>,
+    resource_id: Option<Cow<'a, str>>,
+    object: Option<&'a RawValue>,
+    status: Found<Status>,
+    message_headers_reply: Option<Cow<'a, str>>,
+    headers_reply: Option<Cow<'a, str>>,
+    body: Option<&'a RawValue>,
+    reconnect_secret: Option<Cow<'a, str>>,
+}
+
+/// A string if the value is one; any other value is consumed and reported as the wrong type.
+struct LenientStr<'a>(Found<Cow<'a, str>>);
+
+impl<'de> de::Deserialize<'de> for LenientStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Found::Value(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Found::Value(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(LenientStr(Found::Value(Cow::Owned(v))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(LenientStr(Found::WrongType))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LenientStr(Found::WrongType))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LenientStr(Found::WrongType))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LenientStr(Found::WrongType))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LenientStr(Found::WrongType))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientStr(Found::WrongType))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LenientStr(Found::WrongType))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A status: any JSON number, or a string holding one.
+struct LenientStatus(Found<Status>);
+
+impl<'de> de::Deserialize<'de> for LenientStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientStatus;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(LenientStatus(Found::Value(Status(v))))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(LenientStatus(Found::Value(Status(
+                    i64::try_from(v).unwrap_or(i64::MAX),
+                ))))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v.is_finite() {
+                    // `as` saturates for out-of-range floats, which is what we want here.
+                    #[allow(clippy::cast_possible_truncation)]
+                    Ok(LenientStatus(Found::Value(Status(v.trunc() as i64))))
+                } else {
+                    Ok(LenientStatus(Found::WrongType))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let t = v.trim();
+                if let Ok(n) = t.parse::<i64>() {
+                    return Ok(LenientStatus(Found::Value(Status(n))));
+                }
+                match t.parse::<f64>() {
+                    Ok(f) => self.visit_f64(f),
+                    Err(_) => Ok(LenientStatus(Found::WrongType)),
+                }
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(LenientStatus(Found::WrongType))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LenientStatus(Found::WrongType))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientStatus(Found::WrongType))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LenientStatus(Found::WrongType))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Picks one string-valued key out of an object; anything else gives `None`.
+struct PickKey(&'static str);
+
+impl<'de> DeserializeSeed<'de> for PickKey {
+    type Value = Option<Cow<'de, str>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V(&'static str);
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<Cow<'de, str>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == self.0 {
+                        found = map.next_value::<LenientStr<'de>>()?.0.ok();
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(found)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        d.deserialize_any(V(self.0))
+    }
+}
+
+struct WireVisitor;
+
+impl<'de> Visitor<'de> for WireVisitor {
+    type Value = Wire<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut w = Wire {
+            op: Found::Absent,
+            resource_id: None,
+            object: None,
+            status: Found::Absent,
+            message_headers_reply: None,
+            headers_reply: None,
+            body: None,
+            reconnect_secret: None,
+        };
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "op" => w.op = map.next_value::<LenientStr<'de>>()?.0,
+                "resourceId" => w.resource_id = map.next_value::<LenientStr<'de>>()?.0.ok(),
+                "object" => w.object = Some(map.next_value::<&'de RawValue>()?),
+                "status" => w.status = map.next_value::<LenientStatus>()?.0,
+                "messageHeaders" => {
+                    w.message_headers_reply = map.next_value_seed(PickKey(REPLY_ADDR_HEADER))?;
+                }
+                "headers" => w.headers_reply = map.next_value_seed(PickKey(X_REPLY_ADDRESS))?,
+                "body" => w.body = Some(map.next_value::<&'de RawValue>()?),
+                "parameters" => {
+                    w.reconnect_secret = map.next_value_seed(PickKey("reconnectSecret"))?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Err(E::invalid_type(de::Unexpected::Bool(v), &self))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Err(E::invalid_type(de::Unexpected::Signed(v), &self))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Err(E::invalid_type(de::Unexpected::Unsigned(v), &self))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Err(E::invalid_type(de::Unexpected::Float(v), &self))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Err(E::invalid_type(de::Unexpected::Str(v), &self))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(E::invalid_type(de::Unexpected::Unit, &self))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<Self::Value, A::Error> {
+        Err(de::Error::invalid_type(de::Unexpected::Seq, &self))
+    }
+}
+
+fn parse_wire(bytes: &[u8]) -> Result<Wire<'_>, FrameError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let wire = match (&mut de).deserialize_any(WireVisitor) {
+        Ok(w) => w,
+        Err(e) => {
+            let message = e.to_string();
+            if e.classify() == serde_json::error::Category::Data {
+                // Nested values are read leniently, so only the top-level type check can
+                // produce a data error.
+                return Err(FrameError::NotAnObject {
+                    found: kind_from_message(&message),
+                });
+            }
+            return Err(FrameError::InvalidJson { message });
+        }
+    };
+    de.end().map_err(|e| FrameError::InvalidJson {
+        message: e.to_string(),
+    })?;
+    Ok(wire)
+}
+
+fn kind_from_message(message: &str) -> &'static str {
+    // serde_json's invalid_type messages start with "invalid type: <kind>".
+    let rest = message.strip_prefix("invalid type: ").unwrap_or(message);
+    if rest.starts_with("boolean") {
+        "a boolean"
+    } else if rest.starts_with("integer") || rest.starts_with("floating point") {
+        "a number"
+    } else if rest.starts_with("string") {
+        "a string"
+    } else if rest.starts_with("null") || rest.starts_with("unit") {
+        "null"
+    } else if rest.starts_with("sequence") {
+        "an array"
+    } else {
+        "something else"
+    }
+}
+
+fn cow_string(c: Cow<'_, str>) -> String {
+    c.into_owned()
+}
+
+/// `object.config` out of a configureExtension's `object`.
+fn extract_config(object: &RawValue) -> Option<Json> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key == "config" {
+                    found = Some(map.next_value::<&'de RawValue>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(object.get());
+    match de.deserialize_any(V) {
+        Ok(Some(raw)) if raw.get() != "null" => Some(Json::from_raw(raw)),
+        _ => None,
+    }
+}
+
+impl ServerFrame {
+    /// Decodes a frame the server sent, from text or binary frame payload.
+    ///
+    /// # Errors
+    /// See [`FrameError`]: invalid JSON, not an object, `op` not a string, neither `op` nor
+    /// `status`, or an operation missing a field it cannot do without.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        let w = parse_wire(bytes)?;
+        let resource_id = w.resource_id.map(cow_string);
+        match w.op {
+            Found::WrongType => Err(FrameError::OpNotString),
+            Found::Absent => match w.status {
+                Found::Value(status) => Ok(ServerFrame::Status(StatusFrame {
+                    status,
+                    body: w.body.filter(|b| b.get() != "null").map(Json::from_raw),
+                })),
+                _ => Err(FrameError::NoOpNoStatus),
+            },
+            Found::Value(op) => match &*op {
+                "configureExtension" => {
+                    let config =
+                        w.object
+                            .and_then(extract_config)
+                            .ok_or(FrameError::MissingField {
+                                op: "configureExtension",
+                                field: "object.config",
+                            })?;
+                    Ok(ServerFrame::ConfigureExtension {
+                        resource_id,
+                        config,
+                    })
+                }
+                "publish" => {
+                    let object = w
+                        .object
+                        .map(Json::from_raw)
+                        .ok_or(FrameError::MissingField {
+                            op: "publish",
+                            field: "object",
+                        })?;
+                    Ok(ServerFrame::Publish {
+                        resource_id,
+                        object,
+                    })
+                }
+                "query" => {
+                    let reply_address = w.message_headers_reply.map(cow_string).ok_or(
+                        FrameError::MissingField {
+                            op: "query",
+                            field: "messageHeaders.REPLY_ADDR_HEADER",
+                        },
+                    )?;
+                    let object = w
+                        .object
+                        .filter(|o| o.get() != "null")
+                        .map_or_else(Json::empty_object, Json::from_raw);
+                    Ok(ServerFrame::Query {
+                        resource_id,
+                        reply_address,
+                        object,
+                    })
+                }
+                "reconnectRequired" => Ok(ServerFrame::ReconnectRequired { resource_id }),
+                _ => Ok(ServerFrame::Unknown { op: cow_string(op) }),
+            },
+        }
+    }
+
+    /// Encodes the frame in compact form (as the embedded test server sends it).
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(128);
+        match self {
+            ServerFrame::Status(s) => {
+                out.push_str("{\"status\":");
+                push_i64(&mut out, s.status.0);
+                if let Some(body) = &s.body {
+                    out.push_str(",\"body\":");
+                    out.push_str(body.as_str());
+                }
+                out.push('}');
+            }
+            ServerFrame::ConfigureExtension {
+                resource_id,
+                config,
+            } => {
+                push_op_head(&mut out, "configureExtension", resource_id.as_deref());
+                out.push_str(",\"object\":{\"config\":");
+                out.push_str(config.as_str());
+                out.push_str("}}");
+            }
+            ServerFrame::Publish {
+                resource_id,
+                object,
+            } => {
+                push_op_head(&mut out, "publish", resource_id.as_deref());
+                out.push_str(",\"object\":");
+                out.push_str(object.as_str());
+                out.push('}');
+            }
+            ServerFrame::Query {
+                resource_id,
+                reply_address,
+                object,
+            } => {
+                push_op_head(&mut out, "query", resource_id.as_deref());
+                out.push_str(",\"messageHeaders\":{\"REPLY_ADDR_HEADER\":");
+                push_json_str(&mut out, reply_address);
+                out.push_str("},\"object\":");
+                out.push_str(object.as_str());
+                out.push('}');
+            }
+            ServerFrame::ReconnectRequired { resource_id } => {
+                push_op_head(&mut out, "reconnectRequired", resource_id.as_deref());
+                out.push('}');
+            }
+            ServerFrame::Unknown { op } => {
+                out.push_str("{\"op\":");
+                push_json_str(&mut out, op);
+                out.push('}');
+            }
+        }
+        out
+    }
+}
+
+impl ClientFrame {
+    /// Decodes a frame a connector sent (the server side of the protocol: the test kit).
+    ///
+    /// # Errors
+    /// See [`FrameError`]; an op-less frame must carry `headers.X-Reply-Address`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        let w = parse_wire(bytes)?;
+        match w.op {
+            Found::WrongType => Err(FrameError::OpNotString),
+            Found::Absent => {
+                let Found::Value(status) = w.status else {
+                    return Err(FrameError::NoOpNoStatus);
+                };
+                let reply_address =
+                    w.headers_reply
+                        .map(cow_string)
+                        .ok_or(FrameError::MissingField {
+                            op: "query reply",
+                            field: "headers.X-Reply-Address",
+                        })?;
+                Ok(ClientFrame::QueryReply(QueryReply {
+                    status,
+                    reply_address,
+                    body: w.body.filter(|b| b.get() != "null").map(Json::from_raw),
+                }))
+            }
+            Found::Value(op) => match &*op {
+                "validate" => {
+                    let token =
+                        match w.object {
+                            None => None,
+                            Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
+                                .map_err(|_| FrameError::MissingField {
+                                    op: "validate",
+                                    field: "object (a string)",
+                                })?,
+                        };
+                    Ok(ClientFrame::Validate { token })
+                }
+                "authenticate" => {
+                    #[derive(serde::Deserialize)]
+                    struct Creds {
+                        username: String,
+                        password: String,
+                    }
+                    let creds = w
+                        .object
+                        .and_then(|raw| serde_json::from_str::<Creds>(raw.get()).ok())
+                        .ok_or(FrameError::MissingField {
+                            op: "authenticate",
+                            field: "object.username/object.password",
+                        })?;
+                    Ok(ClientFrame::Authenticate {
+                        username: creds.username,
+                        password: creds.password,
+                    })
+                }
+                "connectExtension" => {
+                    let source = w
+                        .resource_id
+                        .map(cow_string)
+                        .ok_or(FrameError::MissingField {
+                            op: "connectExtension",
+                            field: "resourceId",
+                        })?;
+                    Ok(ClientFrame::ConnectExtension {
+                        source,
+                        reconnect_secret: w.reconnect_secret.map(cow_string),
+                    })
+                }
+                "notification" => {
+                    let source = w
+                        .resource_id
+                        .map(cow_string)
+                        .ok_or(FrameError::MissingField {
+                            op: "notification",
+                            field: "resourceId",
+                        })?;
+                    let object = w
+                        .object
+                        .map(Json::from_raw)
+                        .ok_or(FrameError::MissingField {
+                            op: "notification",
+                            field: "object",
+                        })?;
+                    Ok(ClientFrame::Notification { source, object })
+                }
+                _ => Ok(ClientFrame::Unknown { op: cow_string(op) }),
+            },
+        }
+    }
+
+    /// Encodes the frame in compact form: only the keys the server needs.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(128);
+        match self {
+            ClientFrame::Validate { token } => {
+                out.push_str(
+                    "{\"op\":\"validate\",\"resourceName\":\"system.credentials\",\"object\":",
+                );
+                match token {
+                    Some(t) => push_json_str(&mut out, t),
+                    None => out.push_str("null"),
+                }
+                out.push('}');
+            }
+            ClientFrame::Authenticate { username, password } => {
+                out.push_str(
+                    "{\"op\":\"authenticate\",\"resourceName\":\"system.credentials\",\"object\":{\"username\":",
+                );
+                push_json_str(&mut out, username);
+                out.push_str(",\"password\":");
+                push_json_str(&mut out, password);
+                out.push_str("}}");
+            }
+            ClientFrame::ConnectExtension {
+                source,
+                reconnect_secret,
+            } => {
+                push_op_head(&mut out, "connectExtension", Some(source));
+                if let Some(secret) = reconnect_secret {
+                    out.push_str(",\"parameters\":{\"reconnectSecret\":");
+                    push_json_str(&mut out, secret);
+                    out.push('}');
+                }
+                out.push('}');
+            }
+            ClientFrame::Notification { source, object } => {
+                let prefix = notification_prefix(source);
+                out.reserve(prefix.len() + object.len() + 1);
+                out.push_str(&prefix);
+                out.push_str(object.as_str());
+                out.push('}');
+            }
+            ClientFrame::QueryReply(r) => {
+                let prefix = reply_prefix(&r.reply_address);
+                push_reply(
+                    &mut out,
+                    &prefix,
+                    r.status,
+                    r.body.as_ref().map(Json::as_str),
+                );
+            }
+            ClientFrame::Unknown { op } => {
+                out.push_str("{\"op\":");
+                push_json_str(&mut out, op);
+                out.push('}');
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding helpers (also the connection's fast path)
+// ---------------------------------------------------------------------------------------------
+
+fn push_op_head(out: &mut String, op: &str, resource_id: Option<&str>) {
+    out.push_str("{\"op\":\"");
+    out.push_str(op);
+    out.push_str("\",\"resourceName\":\"sources\"");
+    if let Some(id) = resource_id {
+        out.push_str(",\"resourceId\":");
+        push_json_str(out, id);
+    }
+}
+
+/// `{"op":"notification","resourceName":"sources","resourceId":"<source>","object":`
+pub(crate) fn notification_prefix(source: &str) -> String {
+    let mut out = String::with_capacity(72 + source.len());
+    push_op_head(&mut out, "notification", Some(source));
+    out.push_str(",\"object\":");
+    out
+}
+
+/// `,"headers":{"X-Reply-Address":"<addr>"}`: the part of a query reply after the status.
+pub(crate) fn reply_prefix(reply_address: &str) -> String {
+    let mut out = String::with_capacity(40 + reply_address.len());
+    out.push_str(",\"headers\":{\"X-Reply-Address\":");
+    push_json_str(&mut out, reply_address);
+    out.push('}');
+    out
+}
+
+/// `{"status":N<reply_prefix>[,"body":<body>]}`
+pub(crate) fn push_reply(out: &mut String, prefix: &str, status: Status, body: Option<&str>) {
+    out.reserve(16 + prefix.len() + body.map_or(0, str::len));
+    out.push_str("{\"status\":");
+    push_i64(out, status.0);
+    out.push_str(prefix);
+    if let Some(body) = body {
+        out.push_str(",\"body\":");
+        out.push_str(body);
+    }
+    out.push('}');
+}
+
+fn push_i64(out: &mut String, n: i64) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{n}");
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0x08 => Some("\\b"),
+            0x0c => Some("\\f"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        out.push_str(s.get(start..i).unwrap_or_default());
+        match esc {
+            Some(e) => out.push_str(e),
+            None => {
+                out.push_str("\\u00");
+                out.push(char::from(
+                    HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
+                ));
+                out.push(char::from(
+                    HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0'),
+                ));
+            }
+        }
+        start = i + 1;
+    }
+    out.push_str(s.get(start..).unwrap_or_default());
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_string_escaping_round_trips() {
+        for s in [
+            "plain",
+            "quote\"back\\slash",
+            "ctl\u{1}\u{1f}\n\t\r\u{8}\u{c}",
+            "ünï😀",
+        ] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            let back: String = serde_json::from_str(&out).unwrap();
+            assert_eq!(back, s);
+            assert_eq!(out, serde_json::to_string(s).unwrap());
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        assert!(Status(100).is_partial());
+        assert!(Status(204).is_success());
+        assert!(Status(300).is_error());
+        assert!(Status(0).is_error());
+        assert!(!Status(299).is_error());
+    }
+}

@@ -1,0 +1,117 @@
+//! The sans-IO core of the Vantiq extension-source (connector) protocol.
+//!
+//! This crate knows the protocol and nothing about sockets, async runtimes, threads or
+//! clocks: frames ([`frame`]), `server.config` ([`ServerConfig`], [`Properties`]), the URL
+//! rules ([`TargetUrl`]), and [`Connection`], the state machine that carries one source
+//! through authentication, attachment, configuration, publishes, queries, notifications,
+//! `reconnectRequired`, keep-alive and reconnection with back-off. Time comes in as an
+//! argument; randomness comes from a seed. The runtime crates (`vantiq-connector-tokio`,
+//! `vantiq-connector-smol`) drive it over real WebSockets; you can drive it over any
+//! transport you like (see `examples/blocking.rs` for one on a plain blocking socket).
+//!
+//! # Calling contract
+//!
+//! A [`Connection`] is fed *inputs* and *commands* and produces *outputs*:
+//!
+//! * inputs: [`Connection::handle_open`] (the socket asked for is open),
+//!   [`Connection::handle_frame`] (a text or binary frame arrived; a bad frame returns an
+//!   error and is dropped, the connection goes on), [`Connection::handle_pong`],
+//!   [`Connection::handle_closed`] (the socket, or the attempt to open it, ended) and
+//!   [`Connection::handle_timeout`] (the instant given by `poll_timeout` has come);
+//! * commands: [`Connection::notify`], [`Connection::respond`], [`Connection::abandon`] and
+//!   [`Connection::close`];
+//! * outputs: [`Connection::poll_transmit`] (one ordered queue of socket actions: open a
+//!   socket, send a frame, ping, close or abort the socket), [`Connection::poll_event`]
+//!   (configured, publish, query, disconnected, closed) and [`Connection::poll_timeout`].
+//!
+//! After every input or command, the driver **drains `poll_transmit` and performs each
+//! action in order, then drains `poll_event`, then reads `poll_timeout`** and arranges to call
+//! `handle_timeout` at that instant. Each call takes `now`; it must never go backwards.
+//!
+//! A [`Transmit::Close`] or [`Transmit::Abort`] lets go of the current socket: the driver
+//! reports nothing more about that socket. Every [`Transmit::Connect`] is answered by exactly
+//! one `handle_open` or `handle_closed` (unless an `Abort` cancels it first).
+//!
+//! Fatal outcomes (a rejected token; with `failOnConnectionError`, any connection failure;
+//! the end of a graceful close) produce one [`Event::Closed`], always the last event; after
+//! it every input is a no-op. Peer input never panics.
+//!
+//! # Example: a handshake by hand
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use vantiq_proto::{
+//!     Connection, ConnectionConfig, Credentials, Event, Json, Reply, Secret, TargetUrl,
+//!     Transmit,
+//! };
+//!
+//! let url = TargetUrl::parse("http://localhost:8080").unwrap();
+//! let creds = Credentials::Token(Secret::new("my-token"));
+//! let mut cfg = ConnectionConfig::new("MySource", url, creds, 42);
+//! cfg.reconnect_secret = "MySource_fixed".into();
+//! let mut now = Instant::now();
+//! let mut conn = Connection::new(cfg, now);
+//!
+//! // 1. The connection asks for a socket; we "open" one.
+//! assert!(matches!(conn.poll_transmit(), Some(Transmit::Connect { .. })));
+//! conn.handle_open(now);
+//!
+//! // 2. It authenticates…
+//! assert_eq!(
+//!     conn.poll_transmit(),
+//!     Some(Transmit::Frame(
+//!         r#"{"op":"validate","resourceName":"system.credentials","object":"my-token"}"#.into()
+//!     ))
+//! );
+//! now += Duration::from_millis(5);
+//! conn.handle_frame(now, br#"{"status":200,"body":{"anonymous":false}}"#).unwrap();
+//!
+//! // 3. …attaches to its source…
+//! assert_eq!(
+//!     conn.poll_transmit(),
+//!     Some(Transmit::Frame(
+//!         r#"{"op":"connectExtension","resourceName":"sources","resourceId":"MySource","parameters":{"reconnectSecret":"MySource_fixed"}}"#.into()
+//!     ))
+//! );
+//! conn.handle_frame(now, br#"{"op":"configureExtension","resourceName":"sources",
+//!     "resourceId":"MySource","object":{"config":{"rate":5}}}"#).unwrap();
+//! assert_eq!(conn.poll_event(), Some(Event::Configured { config: Json::from_string(r#"{"rate":5}"#.into()).unwrap() }));
+//!
+//! // 4. …and answers a query.
+//! conn.handle_frame(now, br#"{"op":"query","resourceId":"MySource",
+//!     "messageHeaders":{"REPLY_ADDR_HEADER":"r1"},"object":{"n":1}}"#).unwrap();
+//! let Some(Event::Query { id, params }) = conn.poll_event() else { panic!() };
+//! assert_eq!(params.as_str(), r#"{"n":1}"#);
+//! conn.respond(id, Reply::Complete(Json::from_string(r#"[{"i":0}]"#.into()).unwrap())).unwrap();
+//! assert_eq!(
+//!     conn.poll_transmit(),
+//!     Some(Transmit::Frame(r#"{"status":200,"headers":{"X-Reply-Address":"r1"},"body":[{"i":0}]}"#.into()))
+//! );
+//!
+//! // Pings are due 20 s after the socket opened.
+//! assert_eq!(conn.poll_timeout(), Some(now - Duration::from_millis(5) + Duration::from_secs(20)));
+//! ```
+
+mod backoff;
+mod config;
+mod connection;
+pub mod frame;
+mod json;
+mod properties;
+mod query;
+mod url;
+
+pub use backoff::{Backoff, Rng};
+pub use config::{
+    ConfigError, ConnectOptions, Credentials, DEFAULT_TCP_PROBE_PORT, SEARCH_PATHS, Secret,
+    ServerConfig, TOKEN_ENV, keys,
+};
+pub use connection::{
+    Connection, ConnectionConfig, ConnectionState, DisconnectReason, Event, Failure, FatalError,
+    KeepAlive, NotifyError, SocketEnd, Stats, Transmit, random_id,
+};
+pub use frame::{FrameError, Status};
+pub use json::Json;
+pub use properties::{Properties, PropertiesError};
+pub use query::{QueryError, QueryId, Reply, ReplyError, RowChunker, reply_overhead};
+pub use url::{TargetUrl, UrlError, WEBSOCKET_PATH};
