@@ -1,0 +1,782 @@
+//! Scenarios on the deterministic simulation: a whole connector life in virtual time.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod sim;
+
+use std::time::Duration;
+
+use sim::{FakeServer, SOURCE, Sim, config, json};
+use vantiq_proto::frame::{ClientFrame, QueryReply};
+use vantiq_proto::{
+    ConnectionState, DisconnectReason, Event, Failure, FatalError, FrameError, KeepAlive,
+    NotifyError, QueryError, Reply, ReplyError, Status, Transmit,
+};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn configured(sim: &mut Sim) {
+    sim.run_until_pred(5 * SEC, "configuration", Sim::is_configured);
+}
+
+#[test]
+fn full_session_frame_by_frame() {
+    let mut server = FakeServer::new();
+    server.status_before_configure = true;
+    server.ack_notifications = true;
+    let mut sim = Sim::with_server(config(1), server);
+    configured(&mut sim);
+    assert_eq!(
+        sim.server.received,
+        vec![
+            ClientFrame::Validate {
+                token: Some(sim::TOKEN.into())
+            },
+            ClientFrame::ConnectExtension {
+                source: SOURCE.into(),
+                reconnect_secret: Some(format!("{SOURCE}_secret"))
+            }
+        ]
+    );
+    assert_eq!(
+        sim.events_only(),
+        vec![Event::Configured {
+            config: json(r#"{"rate":1}"#)
+        }]
+    );
+
+    // publish → event
+    sim.server.publish(r#"{"hello":"world"}"#);
+    sim.flush_server();
+    sim.run_for(SEC);
+    assert_eq!(
+        sim.events_only().last(),
+        Some(&Event::Publish {
+            object: json(r#"{"hello":"world"}"#)
+        })
+    );
+
+    // query → partial, partial, final
+    let addr = sim.server.query(r#"{"bundleFactor":2}"#);
+    sim.flush_server();
+    sim.run_for(SEC);
+    let Some(Event::Query { id, params }) = sim.events_only().last().cloned() else {
+        panic!("no query event")
+    };
+    assert_eq!(params, json(r#"{"bundleFactor":2}"#));
+    assert_eq!(id.session(), 1);
+    sim.conn
+        .respond(id, Reply::Partial(json(r#"[{"id":1},{"id":2}]"#)))
+        .unwrap();
+    sim.conn
+        .respond(id, Reply::Partial(json(r#"[{"id":3},{"id":4}]"#)))
+        .unwrap();
+    sim.conn
+        .respond(id, Reply::Complete(json(r#"[{"id":5}]"#)))
+        .unwrap();
+    assert_eq!(
+        sim.conn.respond(id, Reply::Empty),
+        Err(ReplyError::QueryFinished)
+    );
+    sim.drain();
+    sim.run_for(SEC);
+    let rows = |s: u16, b: &str| QueryReply {
+        status: Status(i64::from(s)),
+        reply_address: addr.clone(),
+        body: Some(json(b)),
+    };
+    assert_eq!(
+        sim.server.replies,
+        vec![
+            rows(100, r#"[{"id":1},{"id":2}]"#),
+            rows(100, r#"[{"id":3},{"id":4}]"#),
+            rows(200, r#"[{"id":5}]"#),
+        ]
+    );
+
+    // notification (acked; acks are ignored)
+    sim.conn.notify(json(r#"{"temp":21.5}"#)).unwrap();
+    sim.drain();
+    sim.run_for(SEC);
+    assert_eq!(sim.server.notifications, vec![json(r#"{"temp":21.5}"#)]);
+    assert!(sim.frame_errors.is_empty(), "{:?}", sim.frame_errors);
+
+    // graceful close
+    sim.conn.close(sim.now);
+    sim.drain();
+    assert_eq!(
+        sim.transmits.last().map(|(_, t)| t.clone()),
+        Some(Transmit::Close {
+            code: 1000,
+            reason: "Closed by client"
+        })
+    );
+    let ev = sim.events_only();
+    assert_eq!(
+        &ev[ev.len() - 2..],
+        &[
+            Event::Disconnected {
+                reason: DisconnectReason::Shutdown
+            },
+            Event::Closed {
+                error: None,
+                undelivered: 0
+            }
+        ]
+    );
+    assert_eq!(sim.conn.poll_timeout(), None);
+    let before = sim.transmits.len();
+    sim.run_for(60 * SEC);
+    assert_eq!(sim.transmits.len(), before, "nothing after Closed");
+    assert_eq!(sim.conn.stats().connect_attempts, 1);
+}
+
+#[test]
+fn auth_rejected_is_fatal_with_details() {
+    let mut server = FakeServer::new();
+    server.token = "another-token".into();
+    let mut sim = Sim::with_server(config(2), server);
+    sim.run_for(10 * 60 * SEC);
+    assert_eq!(
+        sim.events_only(),
+        vec![Event::Closed {
+            error: Some(FatalError::AuthRejected {
+                status: Status(401),
+                code: Some("io.vantiq.authentication.failed".into()),
+                message: Some("invalid token".into()),
+            }),
+            undelivered: 0
+        }]
+    );
+    assert_eq!(sim.conn.stats().connect_attempts, 1);
+    assert_eq!(sim.server.validates, 1);
+    assert_eq!(sim.conn.state(), ConnectionState::Closed);
+    assert!(matches!(
+        sim.transmits.last(),
+        Some((_, Transmit::Close { code: 1000, .. }))
+    ));
+    let e = FatalError::AuthRejected {
+        status: Status(401),
+        code: Some("c".into()),
+        message: Some("m".into()),
+    };
+    assert_eq!(
+        e.to_string(),
+        "authentication rejected by the server: status 401, c: m"
+    );
+}
+
+#[test]
+fn connect_refused_five_times_then_accepted() {
+    let mut server = FakeServer::new();
+    server.refuse_next = 5;
+    let mut sim = Sim::with_server(config(3), server);
+    sim.run_until_pred(60 * SEC, "configuration after refusals", Sim::is_configured);
+    assert_eq!(sim.server.connect_extensions, 6);
+    assert_eq!(sim.conn.stats().connect_attempts, 6);
+    // Every retry waited: never a hot loop, and ceilings double (0.5, 1, 2, 4, 8 s).
+    let gaps: Vec<Duration> = sim.connect_times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps.len(), 5);
+    for (i, g) in gaps.iter().enumerate() {
+        let ceiling = Duration::from_millis(500 << i);
+        assert!(*g >= Duration::from_millis(10), "gap {i} = {g:?}");
+        // connect + auth + refusal take 4 one-way trips of 5 ms before the wait starts.
+        assert!(
+            *g <= ceiling + Duration::from_millis(20),
+            "gap {i} = {g:?} > {ceiling:?}"
+        );
+    }
+    // The same secret every time.
+    assert!(sim.server.secrets.iter().all(|s| s == "S1_secret"));
+    match sim.conn.last_failure() {
+        Some(Failure::Refused {
+            status, message, ..
+        }) => {
+            assert_eq!(*status, Status(400));
+            assert!(
+                message
+                    .as_deref()
+                    .unwrap()
+                    .contains("does not have an associated stream")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn reconnect_required_reattaches_on_the_same_socket() {
+    let mut sim = Sim::new(config(4));
+    configured(&mut sim);
+    let addr = sim.server.query("{}");
+    sim.flush_server();
+    sim.run_for(SEC);
+    let Some(Event::Query { id, .. }) = sim.events_only().last().cloned() else {
+        panic!()
+    };
+    sim.server.reconnect_required(r#"{"rate":2}"#);
+    sim.flush_server();
+    sim.run_until_pred(5 * SEC, "second configuration", |s| {
+        s.conn.stats().sessions == 2
+    });
+    assert_eq!(
+        sim.count_transmits(|t| matches!(t, Transmit::Connect { .. })),
+        1
+    );
+    assert_eq!(sim.server.validates, 1, "no second authentication");
+    assert_eq!(sim.server.secrets, ["S1_secret", "S1_secret"]);
+    let ev = sim.events_only();
+    assert_eq!(
+        &ev[ev.len() - 2..],
+        &[
+            Event::Disconnected {
+                reason: DisconnectReason::ReconnectRequired
+            },
+            Event::Configured {
+                config: json(r#"{"rate":2}"#)
+            }
+        ]
+    );
+    // The old session's query can no longer be answered.
+    let sent = sim.transmits.len();
+    assert_eq!(
+        sim.conn.respond(id, Reply::Empty),
+        Err(ReplyError::SessionEnded)
+    );
+    sim.drain();
+    assert_eq!(sim.transmits.len(), sent);
+    assert!(sim.server.replies.iter().all(|r| r.reply_address != addr));
+}
+
+#[test]
+fn socket_dropped_mid_query() {
+    let mut sim = Sim::new(config(5));
+    configured(&mut sim);
+    sim.server.query(r#"{"q":1}"#);
+    sim.flush_server();
+    sim.run_for(SEC);
+    let Some(Event::Query { id, .. }) = sim.events_only().last().cloned() else {
+        panic!()
+    };
+    sim.conn
+        .respond(id, Reply::Partial(json(r#"{"a":1}"#)))
+        .unwrap();
+    sim.drain();
+    sim.drop_socket();
+    sim.run_until_pred(SEC, "disconnect", |s| !s.is_configured());
+    assert!(matches!(
+        sim.events_only().last(),
+        Some(Event::Disconnected {
+            reason: DisconnectReason::Failure(Failure::SocketError(_))
+        })
+    ));
+    let sent = sim.transmits.len();
+    assert_eq!(
+        sim.conn.respond(id, Reply::Complete(json("[]"))),
+        Err(ReplyError::SessionEnded)
+    );
+    assert_eq!(
+        sim.transmits.len(),
+        sent,
+        "nothing transmitted for a stale id"
+    );
+    // After a stable session, the first reconnect waits at most the initial ceiling.
+    configured(&mut sim);
+    assert_eq!(sim.conn.stats().sessions, 2);
+    // A new query in the new session works; ids of the old one stay refused.
+    sim.server.query(r#"{"q":2}"#);
+    sim.flush_server();
+    sim.run_for(SEC);
+    let Some(Event::Query { id: id2, .. }) = sim.events_only().last().cloned() else {
+        panic!()
+    };
+    assert_eq!(id2.session(), 2);
+    sim.conn.respond(id2, Reply::Empty).unwrap();
+    assert_eq!(
+        sim.conn.respond(id, Reply::Empty),
+        Err(ReplyError::SessionEnded)
+    );
+}
+
+/// A server that drops every session right after configuring it: the number of attempts
+/// over 60 s must grow logarithmically (exponential ceilings), not linearly.
+#[test]
+fn flapping_server_is_not_hammered() {
+    for seed in [1u64, 7, 42, 1234, 99_999] {
+        let mut server = FakeServer::new();
+        server.flapping = true;
+        let mut sim = Sim::with_server(config(seed), server);
+        sim.run_for(60 * SEC);
+        let attempts = sim.connect_times.len();
+        // Ceilings 0.5, 1, 2, 4, 8, 16, 30, 30 …: expected ~9 attempts in 60 s. Python's
+        // linear 0.5·n back-off (reset after each clean pass) would reconnect at once, forever.
+        assert!(
+            (5..=13).contains(&attempts),
+            "seed {seed}: {attempts} attempts in 60 s"
+        );
+        // Sessions were configured each time, yet the failure count never reset.
+        assert_eq!(sim.conn.stats().sessions as usize, attempts);
+        assert!(sim.conn.stats().consecutive_failures as usize >= attempts - 1);
+        let gaps: Vec<f64> = sim
+            .connect_times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
+        let first_half: f64 = gaps[..gaps.len() / 2].iter().sum();
+        let second_half: f64 = gaps[gaps.len() / 2..].iter().sum();
+        assert!(second_half > first_half, "seed {seed}: gaps {gaps:?}");
+    }
+}
+
+/// A 10-minute outage: every wait stays under the 30 s cap, and the connector is back within
+/// one cap of the server's return.
+#[test]
+fn ten_minute_outage() {
+    let mut sim = Sim::new(config(6));
+    configured(&mut sim);
+    sim.run_for(15 * SEC); // a stable session
+    sim.server_up = false;
+    sim.drop_socket();
+    let outage_start = sim.now;
+    sim.run_for(600 * SEC);
+    let back = sim.now;
+    sim.server_up = true;
+    sim.run_until_pred(
+        31 * SEC + 100 * sim.latency,
+        "reconnection after the outage",
+        Sim::is_configured,
+    );
+    let during: Vec<_> = sim
+        .connect_times
+        .iter()
+        .filter(|t| **t >= outage_start)
+        .copied()
+        .collect();
+    for w in during.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(gap <= 30 * SEC + 10 * sim.latency, "gap {gap:?}");
+    }
+    // Capped, not growing without bound (Python: 0.5 s × n, unbounded): over 10 minutes at
+    // an average of 15 s per attempt, roughly 40 attempts.
+    assert!(during.len() >= 20, "{} attempts", during.len());
+    assert!(sim.now - back <= 30 * SEC + 10 * sim.latency);
+    assert_eq!(sim.conn.stats().sessions, 2);
+}
+
+#[test]
+fn stable_session_resets_the_failure_count() {
+    let mut sim = Sim::new(config(8));
+    let mut server_refusals = 3;
+    sim.server.refuse_next = server_refusals;
+    configured(&mut sim);
+    assert_eq!(sim.conn.stats().consecutive_failures, 3);
+    sim.run_for(11 * SEC);
+    sim.drop_socket();
+    sim.run_until_pred(SEC, "disconnect", |s| !s.is_configured());
+    assert_eq!(sim.conn.stats().consecutive_failures, 1);
+    let dropped_at = sim.now;
+    configured(&mut sim);
+    assert!(sim.now - dropped_at <= Duration::from_millis(500) + 10 * sim.latency);
+    // A session shorter than the stable period does not reset it.
+    server_refusals = 0;
+    sim.server.refuse_next = server_refusals;
+    sim.run_for(SEC);
+    sim.drop_socket();
+    sim.run_until_pred(SEC, "disconnect", |s| !s.is_configured());
+    assert_eq!(sim.conn.stats().consecutive_failures, 2);
+}
+
+#[test]
+fn keepalive_detects_a_stalled_link() {
+    let mut cfg = config(9);
+    cfg.keepalive = Some(KeepAlive {
+        interval: 20 * SEC,
+        timeout: 20 * SEC,
+    });
+    let mut sim = Sim::new(cfg);
+    configured(&mut sim);
+    // Healthy link: pings are answered, the session stays up for minutes.
+    sim.run_for(300 * SEC);
+    assert!(sim.is_configured());
+    let pings = sim.count_transmits(|t| matches!(t, Transmit::Ping));
+    assert!((14..=15).contains(&pings), "{pings} pings in 300 s");
+    // Stall: no data either way, socket open.
+    sim.stalled = true;
+    let stalled_at = sim.now;
+    sim.run_until_pred(60 * SEC, "keep-alive timeout", |s| !s.is_configured());
+    let detected = sim.now - stalled_at;
+    assert!(
+        detected <= 40 * SEC && detected > 20 * SEC,
+        "detected after {detected:?}"
+    );
+    assert!(matches!(sim.transmits.last(), Some((_, Transmit::Abort))));
+    assert_eq!(sim.conn.last_failure(), Some(&Failure::KeepAliveTimeout));
+    sim.stalled = false;
+    configured(&mut sim);
+}
+
+#[test]
+fn pings_can_be_turned_off() {
+    let mut cfg = config(10);
+    cfg.keepalive = None;
+    let mut sim = Sim::new(cfg);
+    configured(&mut sim);
+    sim.run_for(600 * SEC);
+    assert_eq!(sim.count_transmits(|t| matches!(t, Transmit::Ping)), 0);
+    assert_eq!(sim.conn.poll_timeout(), None);
+}
+
+#[test]
+fn handshake_timeout_when_the_server_is_mute() {
+    let mut server = FakeServer::new();
+    server.mute = true;
+    let mut sim = Sim::with_server(config(11), server);
+    sim.run_until_pred(25 * SEC, "handshake timeout", |s| {
+        s.conn.last_failure().is_some()
+    });
+    assert_eq!(
+        sim.conn.last_failure(),
+        Some(&Failure::HandshakeTimeout {
+            stage: "authenticating"
+        })
+    );
+    assert!(sim.now - sim.epoch >= 20 * SEC && sim.now - sim.epoch < 21 * SEC);
+    assert!(matches!(sim.transmits.last(), Some((_, Transmit::Abort))));
+    sim.server.mute = false;
+    sim.run_until_pred(5 * SEC, "configuration", Sim::is_configured);
+}
+
+#[test]
+fn server_down_at_start_then_up() {
+    let mut sim = Sim::new(config(12));
+    sim.server_up = false;
+    // The first connect was already asked for; it fails, as do the retries.
+    sim.run_for(20 * SEC);
+    assert!(sim.connect_times.len() >= 3);
+    assert!(matches!(
+        sim.conn.last_failure(),
+        Some(Failure::ConnectFailed(_))
+    ));
+    assert!(
+        sim.events.is_empty(),
+        "no session, so no Disconnected events"
+    );
+    sim.server_up = true;
+    sim.run_until_pred(31 * SEC, "configuration", Sim::is_configured);
+}
+
+#[test]
+fn notifications_queue_while_disconnected_and_flush_in_order() {
+    let mut cfg = config(13);
+    cfg.notification_queue = 3;
+    let mut sim = Sim::new(cfg);
+    // Not configured yet: these wait.
+    for i in 0..3 {
+        sim.conn.notify(json(&format!(r#"{{"n":{i}}}"#))).unwrap();
+    }
+    assert!(!sim.conn.can_notify());
+    match sim.conn.notify(json(r#"{"n":3}"#)) {
+        Err(NotifyError::QueueFull(j)) => assert_eq!(j, json(r#"{"n":3}"#)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        sim.conn.notify(json("[1]")),
+        Err(NotifyError::NotAnObject(_))
+    ));
+    configured(&mut sim);
+    sim.conn.notify(json(r#"{"n":3}"#)).unwrap();
+    sim.drain();
+    sim.run_for(SEC);
+    assert_eq!(
+        sim.server.notifications,
+        (0..4)
+            .map(|i| json(&format!(r#"{{"n":{i}}}"#)))
+            .collect::<Vec<_>>()
+    );
+    // Disconnected again: queue, then flush after the reconnect, still in order.
+    sim.drop_socket();
+    sim.run_until_pred(SEC, "disconnect", |s| !s.is_configured());
+    for i in 4..7 {
+        sim.conn.notify(json(&format!(r#"{{"n":{i}}}"#))).unwrap();
+    }
+    configured(&mut sim);
+    sim.run_for(SEC);
+    assert_eq!(
+        sim.server.notifications,
+        (0..7)
+            .map(|i| json(&format!(r#"{{"n":{i}}}"#)))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn close_flushes_queued_notifications_within_the_deadline() {
+    let mut sim = Sim::new(config(14));
+    sim.server_up = false;
+    sim.run_for(2 * SEC);
+    sim.conn.notify(json(r#"{"last":1}"#)).unwrap();
+    // The server is back, but the connection is waiting out its back-off: close() does not
+    // wait for it, it connects at once to deliver what is queued.
+    sim.server_up = true;
+    assert_eq!(sim.conn.state(), ConnectionState::WaitingToReconnect);
+    let closed_at = sim.now;
+    sim.conn.close(sim.now);
+    sim.drain();
+    sim.run_for(10 * SEC);
+    let (at, _) = sim.events.last().unwrap();
+    assert!(
+        *at - closed_at < Duration::from_millis(100),
+        "{:?}",
+        *at - closed_at
+    );
+    assert_eq!(sim.server.notifications, vec![json(r#"{"last":1}"#)]);
+    assert_eq!(
+        sim.events_only().last(),
+        Some(&Event::Closed {
+            error: None,
+            undelivered: 0
+        })
+    );
+    // The application never saw that session: it was only for the flush.
+    assert!(
+        !sim.events_only()
+            .iter()
+            .any(|e| matches!(e, Event::Configured { .. }))
+    );
+}
+
+#[test]
+fn close_gives_up_after_the_deadline_and_counts_what_was_lost() {
+    let mut sim = Sim::new(config(15));
+    sim.server_up = false;
+    sim.run_for(SEC);
+    sim.conn.notify(json(r#"{"a":1}"#)).unwrap();
+    sim.conn.notify(json(r#"{"a":2}"#)).unwrap();
+    let closed_at = sim.now;
+    sim.conn.close(sim.now);
+    sim.drain();
+    sim.run_for(60 * SEC);
+    assert_eq!(
+        sim.events_only().last(),
+        Some(&Event::Closed {
+            error: None,
+            undelivered: 2
+        })
+    );
+    let (at, _) = sim.events.last().unwrap();
+    assert_eq!(*at - closed_at, 5 * SEC);
+    assert!(matches!(
+        sim.conn.notify(json("{}")),
+        Err(NotifyError::Closed(_))
+    ));
+}
+
+#[test]
+fn fail_on_connection_error_makes_the_first_failure_fatal() {
+    let mut cfg = config(16);
+    cfg.fail_on_connection_error = true;
+    let mut sim = Sim::new(cfg);
+    configured(&mut sim);
+    sim.drop_socket();
+    sim.run_for(60 * SEC);
+    let ev = sim.events_only();
+    assert!(
+        matches!(
+            &ev[..],
+            [
+                Event::Configured { .. },
+                Event::Disconnected {
+                    reason: DisconnectReason::Failure(Failure::SocketError(_))
+                },
+                Event::Closed {
+                    error: Some(FatalError::ConnectionFailed(Failure::SocketError(_))),
+                    undelivered: 0
+                }
+            ]
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(sim.conn.stats().connect_attempts, 1);
+
+    let mut cfg = config(17);
+    cfg.fail_on_connection_error = true;
+    let mut sim = Sim::new(cfg);
+    sim.server_up = false;
+    sim.run_for(60 * SEC);
+    assert!(matches!(
+        sim.events_only()[..],
+        [Event::Closed {
+            error: Some(FatalError::ConnectionFailed(Failure::ConnectFailed(_))),
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn bad_frames_are_dropped_and_the_session_goes_on() {
+    let mut sim = Sim::new(config(18));
+    configured(&mut sim);
+    for raw in [
+        "not json",
+        "[1,2,3]",
+        r#"{"op":"testRequestsClientClose"}"#,
+        r#"{"op":"configureExtension","resourceId":"S1","object":{"config":{}}}"#,
+        r#"{"op":"publish","resourceId":"OtherSource","object":{}}"#,
+        r#"{"op":"query","resourceId":"S1","object":{}}"#,
+        r#"{"op":42}"#,
+        r#"{"status":"bad"}"#,
+        r#"{"status":500,"body":[{"code":"io.vantiq.server.error","message":"boom"}]}"#,
+    ] {
+        sim.server.raw(raw);
+    }
+    sim.server.publish(r#"{"still":"alive"}"#);
+    sim.flush_server();
+    sim.run_for(SEC);
+    let kinds: Vec<String> = sim
+        .frame_errors
+        .iter()
+        .map(|(_, e)| e.to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "frame is not valid JSON: expected ident at line 1 column 2".to_owned(),
+            "frame is JSON but not an object (found an array)".to_owned(),
+            "unknown op `testRequestsClientClose`".to_owned(),
+            "unexpected configureExtension frame while configured".to_owned(),
+            "frame for source `OtherSource` arrived on the connection of source `S1`".to_owned(),
+            "`query` frame lacks `messageHeaders.REPLY_ADDR_HEADER`".to_owned(),
+            "frame field `op` is not a string".to_owned(),
+            "frame has neither `op` nor a numeric `status`".to_owned(),
+        ]
+    );
+    assert!(sim.is_configured());
+    assert_eq!(
+        sim.events_only().last(),
+        Some(&Event::Publish {
+            object: json(r#"{"still":"alive"}"#)
+        })
+    );
+    assert_eq!(sim.conn.stats().frames_rejected, 8);
+    assert_eq!(sim.conn.stats().connect_attempts, 1);
+}
+
+#[test]
+fn frames_before_configuration_are_unexpected() {
+    let mut server = FakeServer::new();
+    server.mute = true;
+    let mut sim = Sim::with_server(config(19), server);
+    sim.run_for(SEC);
+    sim.server.publish("{}");
+    sim.server
+        .raw(r#"{"op":"reconnectRequired","resourceId":"S1"}"#);
+    sim.flush_server();
+    sim.run_for(SEC);
+    assert_eq!(
+        sim.frame_errors
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect::<Vec<_>>(),
+        vec![
+            FrameError::Unexpected {
+                frame: "publish",
+                state: "authenticating"
+            },
+            FrameError::Unexpected {
+                frame: "reconnectRequired",
+                state: "authenticating"
+            },
+        ]
+    );
+    // With no socket, frames cannot arrive.
+    let mut sim = Sim::new(config(20));
+    sim.server_up = false;
+    sim.run_for(SEC);
+    assert_eq!(
+        sim.conn.handle_frame(sim.now, b"{}"),
+        Err(FrameError::NoSocket)
+    );
+}
+
+#[test]
+fn abandoned_queries_get_an_error_after_the_replies_already_sent() {
+    let mut sim = Sim::new(config(21));
+    configured(&mut sim);
+    let a = sim.server.query("{}");
+    let b = sim.server.query("{}");
+    sim.flush_server();
+    sim.run_for(SEC);
+    let ids: Vec<_> = sim
+        .events_only()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Query { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    let err = QueryError::new("app.dropped", "dropped {0}", ["x"]);
+    // Query a: abandoned after 1 reply that the connection has not seen yet.
+    sim.conn.abandon(ids[0], 1, err.clone());
+    sim.conn
+        .respond(ids[0], Reply::Partial(json("{}")))
+        .unwrap();
+    // Query b: abandoned with nothing sent.
+    sim.conn.abandon(ids[1], 0, err.clone());
+    // Abandoning a finished query does nothing.
+    sim.conn.abandon(ids[1], 0, err.clone());
+    sim.drain();
+    sim.run_for(SEC);
+    let summary: Vec<(String, i64)> = sim
+        .server
+        .replies
+        .iter()
+        .map(|r| (r.reply_address.clone(), r.status.0))
+        .collect();
+    assert_eq!(summary, vec![(a.clone(), 100), (a, 400), (b, 400)]);
+    assert_eq!(
+        sim.server.replies[1].body,
+        Some(json(
+            r#"{"messageCode":"app.dropped","messageTemplate":"dropped {0}","parameters":["x"]}"#
+        ))
+    );
+    assert_eq!(sim.conn.open_queries(), 0);
+}
+
+#[test]
+fn replies_must_be_objects_or_arrays() {
+    let mut sim = Sim::new(config(22));
+    configured(&mut sim);
+    sim.server.query("{}");
+    sim.flush_server();
+    sim.run_for(SEC);
+    let Some(Event::Query { id, .. }) = sim.events_only().last().cloned() else {
+        panic!()
+    };
+    assert_eq!(
+        sim.conn.respond(id, Reply::Complete(json("42"))),
+        Err(ReplyError::InvalidRows)
+    );
+    sim.conn.respond(id, Reply::Complete(json("{}"))).unwrap();
+}
+
+#[test]
+fn username_password_authentication() {
+    let mut cfg = config(23);
+    cfg.credentials = vantiq_proto::Credentials::UserPassword {
+        username: "u".into(),
+        password: vantiq_proto::Secret::new("p"),
+    };
+    let mut sim = Sim::new(cfg);
+    configured(&mut sim);
+    assert_eq!(
+        sim.frames_sent().first().map(String::as_str),
+        Some(
+            r#"{"op":"authenticate","resourceName":"system.credentials","object":{"username":"u","password":"p"}}"#
+        )
+    );
+}
