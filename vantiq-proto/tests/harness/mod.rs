@@ -1,0 +1,385 @@
+//! A checked driver for [`Connection`]: applies operations (server frames, garbage, socket
+//! events, application commands, clock ticks) and asserts the connection's invariants after
+//! every step. Shared by the property tests and the `connection_ops` fuzz target.
+//!
+//! Invariants: no frame before the socket is open; `validate` then `connectExtension` first on
+//! every socket; every query reply carries the address of an open query of the current session,
+//! with at most one terminal reply per query; a refused reply transmits nothing; notifications
+//! leave in the order accepted and none is lost or duplicated; `poll_timeout()` after
+//! `handle_timeout(now)` is after `now`; after `Closed`, nothing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use vantiq_proto::frame::{ClientFrame, ServerFrame, StatusFrame};
+use vantiq_proto::{
+    Connection, ConnectionConfig, Credentials, Event, Json, NotifyError, QueryError, QueryId,
+    Reply, Secret, SocketEnd, Status, TargetUrl, Transmit,
+};
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    AuthOk,
+    AuthFail(i64),
+    Refuse,
+    Ack,
+    Configure,
+    Publish,
+    Query,
+    ReconnectRequired,
+    Unknown,
+    Garbage(Vec<u8>),
+    OpenOk,
+    OpenFail,
+    Drop,
+    Pong,
+    Notify,
+    Respond(usize, u8),
+    Abandon(usize, u8),
+    Close,
+    Tick(u64),
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Socket {
+    None,
+    Pending,
+    Open { frames: usize },
+}
+
+pub struct Harness {
+    pub conn: Connection,
+    pub now: Instant,
+    pub socket: Socket,
+    /// Every query id ever delivered, with its reply address.
+    pub queries: Vec<(QueryId, String)>,
+    /// Reply address → terminal replies seen.
+    pub terminals: HashMap<String, u32>,
+    /// Reply addresses of the current session, not yet finished.
+    pub open_addrs: Vec<String>,
+    pub next_addr: u64,
+    pub next_note: u64,
+    pub accepted: Vec<u64>,
+    pub transmitted: Vec<u64>,
+    pub closed: bool,
+    pub undelivered: usize,
+}
+
+pub fn json(s: &str) -> Json {
+    Json::from_string(s.to_owned()).unwrap()
+}
+
+impl Harness {
+    pub fn new(seed: u64, queue: usize, fail_fast: bool) -> Self {
+        let url = TargetUrl::parse("ws://h").unwrap();
+        let mut cfg = ConnectionConfig::new("S", url, Credentials::Token(Secret::new("t")), seed);
+        cfg.notification_queue = queue;
+        cfg.fail_on_connection_error = fail_fast;
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let mut h = Harness {
+            conn: Connection::new(cfg, now),
+            now,
+            socket: Socket::None,
+            queries: Vec::new(),
+            terminals: HashMap::new(),
+            open_addrs: Vec::new(),
+            next_addr: 0,
+            next_note: 0,
+            accepted: Vec::new(),
+            transmitted: Vec::new(),
+            closed: false,
+            undelivered: 0,
+        };
+        h.drain();
+        h
+    }
+
+    fn frame(&mut self, f: &ServerFrame) {
+        if matches!(self.socket, Socket::Open { .. }) {
+            let _ = self.conn.handle_frame(self.now, f.encode().as_bytes());
+        }
+    }
+
+    pub fn drain(&mut self) -> (usize, usize) {
+        let mut transmits = 0;
+        let mut events = 0;
+        while let Some(t) = self.conn.poll_transmit() {
+            transmits += 1;
+            assert!(!self.closed, "transmit {t:?} after Closed");
+            match t {
+                Transmit::Connect { .. } => {
+                    assert_eq!(self.socket, Socket::None, "Connect while a socket is held");
+                    self.socket = Socket::Pending;
+                }
+                Transmit::Frame(text) => {
+                    let Socket::Open { frames } = &mut self.socket else {
+                        panic!("frame {text} sent with no open socket ({:?})", self.socket)
+                    };
+                    *frames += 1;
+                    let n = *frames;
+                    let f =
+                        ClientFrame::decode(text.as_bytes()).expect("connector sent a bad frame");
+                    match (n, &f) {
+                        (1, ClientFrame::Validate { .. }) => {}
+                        (1, other) => panic!("first frame on a socket is {other:?}"),
+                        (2, ClientFrame::ConnectExtension { .. }) => {}
+                        (2, other) => panic!("second frame on a socket is {other:?}"),
+                        _ => {}
+                    }
+                    match f {
+                        ClientFrame::Notification { object, .. } => {
+                            let v = object.to_value();
+                            self.transmitted.push(v["n"].as_u64().unwrap());
+                        }
+                        ClientFrame::QueryReply(r) => {
+                            assert!(
+                                self.open_addrs.contains(&r.reply_address),
+                                "reply for {} which is not an open query of this session",
+                                r.reply_address
+                            );
+                            if !r.status.is_partial() {
+                                let c = self.terminals.entry(r.reply_address.clone()).or_default();
+                                *c += 1;
+                                assert_eq!(*c, 1, "two terminal replies for {}", r.reply_address);
+                                self.open_addrs.retain(|a| *a != r.reply_address);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Transmit::Ping => assert!(matches!(self.socket, Socket::Open { .. })),
+                Transmit::Close { .. } | Transmit::Abort => self.socket = Socket::None,
+                other => panic!("{other:?}"),
+            }
+        }
+        while let Some(e) = self.conn.poll_event() {
+            events += 1;
+            assert!(!self.closed, "event {e:?} after Closed");
+            match e {
+                Event::Query { id, .. } => {
+                    let addr = format!("a{}", self.next_addr - 1);
+                    self.queries.push((id, addr));
+                }
+                Event::Disconnected { .. } => self.open_addrs.clear(),
+                Event::Closed { undelivered, .. } => {
+                    self.closed = true;
+                    self.undelivered = undelivered;
+                    self.open_addrs.clear();
+                }
+                _ => {}
+            }
+        }
+        // Notifications: what left, then what waits, is exactly what was accepted, in order.
+        let queued = self.conn.queued_notifications();
+        assert_eq!(
+            self.transmitted.len() + queued + self.undelivered,
+            self.accepted.len(),
+            "a notification was lost or duplicated"
+        );
+        assert_eq!(
+            self.transmitted[..],
+            self.accepted[..self.transmitted.len()]
+        );
+        if let Some(t) = self.conn.poll_timeout() {
+            assert!(!self.closed, "a timeout after Closed");
+            let _ = t;
+        }
+        (transmits, events)
+    }
+
+    pub fn apply(&mut self, op: Op) {
+        let status = |s: i64| {
+            ServerFrame::Status(StatusFrame {
+                status: Status(s),
+                body: None,
+            })
+        };
+        match op {
+            Op::AuthOk | Op::Ack => self.frame(&status(200)),
+            Op::AuthFail(s) => self.frame(&ServerFrame::Status(StatusFrame {
+                status: Status(s),
+                body: Some(json(r#"[{"code":"c","message":"m"}]"#)),
+            })),
+            Op::Refuse => self.frame(&status(400)),
+            Op::Configure => self.frame(&ServerFrame::ConfigureExtension {
+                resource_id: Some("S".into()),
+                config: json("{}"),
+            }),
+            Op::Publish => self.frame(&ServerFrame::Publish {
+                resource_id: Some("S".into()),
+                object: json(r#"{"p":1}"#),
+            }),
+            Op::Query => {
+                if matches!(self.socket, Socket::Open { .. }) {
+                    let addr = format!("a{}", self.next_addr);
+                    self.next_addr += 1;
+                    let configured = self.conn.state() == vantiq_proto::ConnectionState::Configured;
+                    let f = ServerFrame::Query {
+                        resource_id: Some("S".into()),
+                        reply_address: addr.clone(),
+                        object: json("{}"),
+                    };
+                    let r = self.conn.handle_frame(self.now, f.encode().as_bytes());
+                    assert_eq!(r.is_ok(), configured);
+                    if configured {
+                        self.open_addrs.push(addr);
+                    }
+                }
+            }
+            Op::ReconnectRequired => self.frame(&ServerFrame::ReconnectRequired {
+                resource_id: Some("S".into()),
+            }),
+            Op::Unknown => self.frame(&ServerFrame::Unknown { op: "zzz".into() }),
+            Op::Garbage(bytes) => {
+                if matches!(self.socket, Socket::Open { .. }) {
+                    let _ = self.conn.handle_frame(self.now, &bytes);
+                }
+            }
+            Op::OpenOk => {
+                if self.socket == Socket::Pending {
+                    self.socket = Socket::Open { frames: 0 };
+                    self.conn.handle_open(self.now);
+                }
+            }
+            Op::OpenFail => {
+                if self.socket == Socket::Pending {
+                    self.socket = Socket::None;
+                    self.conn
+                        .handle_closed(self.now, SocketEnd::ConnectFailed("refused".into()));
+                }
+            }
+            Op::Drop => {
+                if matches!(self.socket, Socket::Open { .. }) {
+                    self.socket = Socket::None;
+                    self.conn
+                        .handle_closed(self.now, SocketEnd::Error("reset".into()));
+                }
+            }
+            Op::Pong => self.conn.handle_pong(self.now),
+            Op::Notify => {
+                let n = self.next_note;
+                self.next_note += 1;
+                match self.conn.notify(json(&format!(r#"{{"n":{n}}}"#))) {
+                    Ok(()) => self.accepted.push(n),
+                    Err(NotifyError::QueueFull(_)) => assert!(!self.conn.can_notify()),
+                    Err(NotifyError::Closed(_)) => assert!(self.closed),
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            Op::Respond(pick, kind) => {
+                if self.queries.is_empty() {
+                    return;
+                }
+                let (id, addr) = self.queries[pick % self.queries.len()].clone();
+                let reply = match kind % 4 {
+                    0 => Reply::Partial(json(r#"[{"r":1}]"#)),
+                    1 => Reply::Complete(json(r#"{"r":2}"#)),
+                    2 => Reply::Empty,
+                    _ => Reply::Error(QueryError::new("e", "t", [1])),
+                };
+                let open = self.open_addrs.contains(&addr);
+                let r = self.conn.respond(id, reply);
+                let (transmits, _) = self.drain();
+                if r.is_err() {
+                    assert_eq!(transmits, 0, "a refused reply transmitted something");
+                    assert!(
+                        !open || self.closed,
+                        "reply to open query {addr} refused: {r:?}"
+                    );
+                } else {
+                    assert!(open, "reply to finished/stale query {addr} accepted");
+                    assert_eq!(transmits, 1);
+                }
+            }
+            Op::Abandon(pick, parts) => {
+                if self.queries.is_empty() {
+                    return;
+                }
+                let (id, _) = self.queries[pick % self.queries.len()].clone();
+                self.conn
+                    .abandon(id, u64::from(parts % 3), QueryError::new("d", "t", [0]));
+            }
+            Op::Close => self.conn.close(self.now),
+            Op::Tick(ms) => {
+                self.now += Duration::from_millis(ms);
+                if self.conn.poll_timeout().is_some_and(|t| t <= self.now) {
+                    self.conn.handle_timeout(self.now);
+                    self.drain();
+                    if let Some(t) = self.conn.poll_timeout() {
+                        assert!(
+                            t > self.now,
+                            "poll_timeout {t:?} not after now after handle_timeout"
+                        );
+                    }
+                }
+            }
+        }
+        self.drain();
+    }
+}
+
+impl Op {
+    /// Decodes a byte string into operations (for fuzzing): one selector byte per operation,
+    /// some followed by argument bytes.
+    pub fn decode_all(data: &[u8]) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let mut it = data.iter().copied();
+        while let Some(sel) = it.next() {
+            let mut arg = || it.next().unwrap_or(0);
+            ops.push(match sel % 19 {
+                0 => Op::AuthOk,
+                1 => Op::AuthFail(300 + i64::from(arg())),
+                2 => Op::Refuse,
+                3 => Op::Ack,
+                4 => Op::Configure,
+                5 => Op::Publish,
+                6 => Op::Query,
+                7 => Op::ReconnectRequired,
+                8 => Op::Unknown,
+                9 => {
+                    let n = usize::from(arg() % 16);
+                    Op::Garbage((0..n).map(|_| arg()).collect())
+                }
+                10 => Op::OpenOk,
+                11 => Op::OpenFail,
+                12 => Op::Drop,
+                13 => Op::Pong,
+                14 => Op::Notify,
+                15 => Op::Respond(usize::from(arg()), arg()),
+                16 => Op::Abandon(usize::from(arg()), arg()),
+                17 => Op::Close,
+                _ => Op::Tick(u64::from(arg()) * 250),
+            });
+        }
+        ops
+    }
+}
+
+/// Runs a whole operation sequence, then winds the connection down and checks it closed.
+pub fn run(seed: u64, queue: usize, fail_fast: bool, ops: Vec<Op>) {
+    let mut h = Harness::new(seed, queue, fail_fast);
+    for op in ops {
+        let closed_before = h.closed;
+        h.apply(op);
+        if closed_before {
+            assert!(h.conn.is_closed());
+        }
+    }
+    h.apply(Op::Close);
+    h.apply(Op::Tick(6_000));
+    h.apply(Op::Tick(6_000));
+    assert!(
+        h.closed,
+        "close() did not end in Closed within the close timeout"
+    );
+    assert_eq!(h.drain(), (0, 0), "output after Closed");
+}
