@@ -283,6 +283,8 @@ pub enum Event {
         id: QueryId,
         /// The WITH parameters.
         params: Json,
+        /// The server's reply address (for logs; replies are routed by `id`).
+        reply_address: String,
     },
     /// The session ended; queries of that session can no longer be answered.
     Disconnected {
@@ -648,6 +650,7 @@ impl Connection {
                         seq,
                     },
                     params: object,
+                    reply_address,
                 });
                 Ok(())
             }

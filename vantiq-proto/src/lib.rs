@@ -80,7 +80,8 @@
 //! // 4. …and answers a query.
 //! conn.handle_frame(now, br#"{"op":"query","resourceId":"MySource",
 //!     "messageHeaders":{"REPLY_ADDR_HEADER":"r1"},"object":{"n":1}}"#).unwrap();
-//! let Some(Event::Query { id, params }) = conn.poll_event() else { panic!() };
+//! let Some(Event::Query { id, params, reply_address }) = conn.poll_event() else { panic!() };
+//! assert_eq!(reply_address, "r1");
 //! assert_eq!(params.as_str(), r#"{"n":1}"#);
 //! conn.respond(id, Reply::Complete(Json::from_string(r#"[{"i":0}]"#.into()).unwrap())).unwrap();
 //! assert_eq!(

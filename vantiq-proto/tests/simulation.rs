@@ -65,7 +65,7 @@ fn full_session_frame_by_frame() {
     let addr = sim.server.query(r#"{"bundleFactor":2}"#);
     sim.flush_server();
     sim.run_for(SEC);
-    let Some(Event::Query { id, params }) = sim.events_only().last().cloned() else {
+    let Some(Event::Query { id, params, .. }) = sim.events_only().last().cloned() else {
         panic!("no query event")
     };
     assert_eq!(params, json(r#"{"bundleFactor":2}"#));

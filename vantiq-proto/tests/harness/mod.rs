@@ -297,7 +297,11 @@ impl Harness {
                     );
                 } else {
                     assert!(open, "reply to finished/stale query {addr} accepted");
-                    assert_eq!(transmits, 1);
+                    // One frame, or two when a partial reply completes an earlier abandon.
+                    assert!(
+                        (1..=2).contains(&transmits),
+                        "{transmits} frames for one reply"
+                    );
                 }
             }
             Op::Abandon(pick, parts) => {
