@@ -40,8 +40,16 @@ pub struct QueryError {
     /// The message, with `{n}` placeholders.
     #[serde(rename = "messageTemplate")]
     pub template: String,
-    /// Values for the placeholders.
+    /// Values for the placeholders (`null` or absent reads as none: the Java SDK sends
+    /// `null`).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub parameters: Vec<serde_json::Value>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<serde_json::Value>, D::Error> {
+    Ok(Option::<Vec<serde_json::Value>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl QueryError {
@@ -251,6 +259,20 @@ mod tests {
         assert_eq!(c.push(&big).unwrap().as_str(), "[{}]");
         assert_eq!(c.push("{}").unwrap().as_str(), format!("[{big}]"));
         assert_eq!(c.finish().unwrap().as_str(), "[{}]");
+    }
+
+    #[test]
+    fn java_error_bodies_with_null_or_no_parameters_read() {
+        for body in [
+            r#"{"messageCode":"c","messageTemplate":"t","parameters":null}"#,
+            r#"{"messageCode":"c","messageTemplate":"t"}"#,
+        ] {
+            let e: QueryError = serde_json::from_str(body).unwrap();
+            assert_eq!(
+                e,
+                QueryError::new("c", "t", Vec::<serde_json::Value>::new())
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,340 @@
+//! `vantiq-devserver`: a local stand-in for a Vantiq server, for developing and poking
+//! extension-source connectors by hand.
+//!
+//! It runs the [`vantiq_testkit::TestServer`] with its JSON control API on, prints every
+//! frame it receives and sends (tokens and passwords redacted), and serves on one port both
+//! the connector WebSocket endpoint (`/api/v1/wsock/websocket`) and the control API
+//! (`/control/...`).
+//!
+//! # Using the devserver with curl
+//!
+//! Start it with a token and a source (the configuration is any JSON document, or `@file`):
+//!
+//! ```text
+//! cargo run -p vantiq-testkit --bin vantiq-devserver -- \
+//!     --listen 127.0.0.1:8088 --token dev-token --source 'Thermo={"pollMs":500}'
+//! ```
+//!
+//! Point the connector at it (`server.config`):
+//!
+//! ```text
+//! targetServer=http://127.0.0.1:8088
+//! authToken=dev-token
+//! sources=Thermo
+//! ```
+//!
+//! Then drive it:
+//!
+//! ```text
+//! # which sources exist, and is the connector attached?
+//! curl -s localhost:8088/control/sources
+//! # PUBLISH {"setPoint": 21} TO SOURCE Thermo
+//! curl -s -X POST localhost:8088/control/sources/Thermo/publish -d '{"setPoint":21}'
+//! # SELECT FROM SOURCE Thermo WITH room = "kitchen"  (waits up to 5 s for the last reply)
+//! curl -s -X POST 'localhost:8088/control/sources/Thermo/query?timeoutMs=5000' -d '{"room":"kitchen"}'
+//! # notifications after the first 0, waiting up to 10 s for one (then ask again with after=<next>)
+//! curl -s 'localhost:8088/control/sources/Thermo/notifications?after=0&waitMs=10000'
+//! # change the configuration: sends reconnectRequired, the next connect gets the new config
+//! curl -s -X POST localhost:8088/control/sources/Thermo/reconnect -d '{"pollMs":100}'
+//! # drop the connection without a close frame (test the connector's reconnect)
+//! curl -s -X POST localhost:8088/control/sources/Thermo/drop
+//! ```
+//!
+//! A query answers `{"status":200,"rows":[…],"parts":N}` (`parts`: how many replies the
+//! connector sent), or for a query error `{"status":400,…,"error":{"messageCode",…}}`. With
+//! no connector attached the control API answers `409`, with no reply in time `504`, for an
+//! unknown source `404`, for a bad request `400`; every error body is `{"error":"…"}`.
+//!
+//! Run with `--help` for every option.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use vantiq_proto::Json;
+use vantiq_testkit::TestServer;
+
+const USAGE: &str = "\
+vantiq-devserver: a local Vantiq server for extension-source connectors, with a JSON control API
+
+Usage: vantiq-devserver [OPTIONS]
+
+Options:
+  --listen ADDR             address to listen on (default 127.0.0.1:8088; port 0 picks one)
+  --token TOKEN             the only access token `validate` accepts (default: any token)
+  --user NAME:PASSWORD      the credentials `authenticate` accepts (default: none)
+  --source NAME[=CONFIG]    a source and its configuration document: JSON text, or @FILE
+                            holding JSON (default {}); repeat for several sources
+  --namespace NS            the namespace named in the authentication reply (default testkit)
+  --text-frames             send text frames (default: binary, like the real server)
+  --no-acks                 do not acknowledge notifications with {\"status\":200}
+  --ack-query-replies       acknowledge query replies with {\"status\":200}
+  --status-before-config    send {\"status\":200} before each configureExtension
+  --no-bookkeeping          leave out the real server's bookkeeping fields
+  --query-timeout-ms N      timeout of control-API queries without timeoutMs (default 10000)
+  --max-message-size BYTES  largest message read from a connector (default 67108864)
+  --quiet                   do not print frames
+  -h, --help                print this help
+
+Connectors use targetServer=http://ADDR. Control API (same port):
+  GET  /control/sources
+  GET  /control/sources/NAME
+  POST /control/sources/NAME/publish            body: the object
+  POST /control/sources/NAME/query?timeoutMs=N  body: the WITH parameters
+  GET  /control/sources/NAME/notifications?after=K&waitMs=N
+  POST /control/sources/NAME/reconnect          optional body: the new configuration
+  POST /control/sources/NAME/drop
+  POST /control/sources/NAME/refuse?count=N
+";
+
+/// The parsed command line.
+#[derive(Debug)]
+struct Args {
+    listen: SocketAddr,
+    token: Option<String>,
+    user: Option<(String, String)>,
+    sources: Vec<(String, Json)>,
+    namespace: Option<String>,
+    text_frames: bool,
+    no_acks: bool,
+    ack_query_replies: bool,
+    status_before_config: bool,
+    no_bookkeeping: bool,
+    query_timeout: Duration,
+    max_message_size: usize,
+    quiet: bool,
+}
+
+#[derive(Debug)]
+enum Parsed {
+    Run(Box<Args>),
+    Help,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Parsed, String> {
+    let mut args = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+        token: None,
+        user: None,
+        sources: Vec::new(),
+        namespace: None,
+        text_frames: false,
+        no_acks: false,
+        ack_query_replies: false,
+        status_before_config: false,
+        no_bookkeeping: false,
+        query_timeout: Duration::from_secs(10),
+        max_message_size: 64 << 20,
+        quiet: false,
+    };
+    while let Some(arg) = it.next() {
+        // Accept both `--opt value` and `--opt=value`.
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |what: &str| -> Result<String, String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it.next().ok_or_else(|| format!("{name} needs {what}")),
+            }
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--listen" => {
+                let v = value("an address")?;
+                args.listen = v
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| format!("--listen: cannot resolve `{v}` (use HOST:PORT)"))?;
+            }
+            "--token" => args.token = Some(value("a token")?),
+            "--user" => {
+                let v = value("NAME:PASSWORD")?;
+                let (u, p) = v
+                    .split_once(':')
+                    .ok_or("--user needs NAME:PASSWORD".to_owned())?;
+                args.user = Some((u.to_owned(), p.to_owned()));
+            }
+            "--source" => {
+                let v = value("NAME[=CONFIG]")?;
+                args.sources.push(parse_source(&v)?);
+            }
+            "--namespace" => args.namespace = Some(value("a namespace")?),
+            "--text-frames" => args.text_frames = true,
+            "--no-acks" => args.no_acks = true,
+            "--ack-query-replies" => args.ack_query_replies = true,
+            "--status-before-config" => args.status_before_config = true,
+            "--no-bookkeeping" => args.no_bookkeeping = true,
+            "--quiet" => args.quiet = true,
+            "--query-timeout-ms" => {
+                let v = value("milliseconds")?;
+                let ms = v
+                    .parse::<u64>()
+                    .map_err(|_| format!("--query-timeout-ms: `{v}` is not a number"))?;
+                args.query_timeout = Duration::from_millis(ms);
+            }
+            "--max-message-size" => {
+                let v = value("bytes")?;
+                args.max_message_size = v
+                    .parse::<usize>()
+                    .map_err(|_| format!("--max-message-size: `{v}` is not a number"))?;
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(Parsed::Run(Box::new(args)))
+}
+
+/// `NAME`, `NAME=JSON` or `NAME=@FILE`.
+fn parse_source(spec: &str) -> Result<(String, Json), String> {
+    let (name, config) = match spec.split_once('=') {
+        Some((n, c)) => (n.trim(), Some(c)),
+        None => (spec.trim(), None),
+    };
+    if name.is_empty() {
+        return Err(format!("--source `{spec}`: the source name is empty"));
+    }
+    let config = match config {
+        None => Json::empty_object(),
+        Some(text) => {
+            let text = match text.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("--source {name}: cannot read `{path}`: {e}"))?,
+                None => text.to_owned(),
+            };
+            Json::from_string(text)
+                .map_err(|e| format!("--source {name}: the configuration is not JSON: {e}"))?
+        }
+    };
+    Ok((name.to_owned(), config))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("vantiq-devserver: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vantiq-devserver: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(*args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let mut builder = TestServer::builder()
+        .bind(args.listen)
+        .control_api(true)
+        .print_frames(!args.quiet)
+        .binary_frames(!args.text_frames)
+        .ack_notifications(!args.no_acks)
+        .ack_query_replies(args.ack_query_replies)
+        .status_before_configure(args.status_before_config)
+        .bookkeeping(!args.no_bookkeeping)
+        .query_timeout(args.query_timeout)
+        .max_message_size(Some(args.max_message_size));
+    if let Some(token) = &args.token {
+        builder = builder.token(token.clone());
+    }
+    if let Some((user, password)) = &args.user {
+        builder = builder.credentials(user.clone(), password.clone());
+    }
+    if let Some(ns) = &args.namespace {
+        builder = builder.namespace(ns.clone());
+    }
+    for (name, config) in &args.sources {
+        builder = builder.source(name.clone(), config.clone());
+    }
+    let server = match builder.start().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vantiq-devserver: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The first line is parsed by scripts (and the Python interop test): keep its shape.
+    println!("vantiq-devserver listening on {}", server.url());
+    println!("  connectors: targetServer={}", server.url());
+    match &args.token {
+        Some(_) => println!("  token: as given with --token"),
+        None => println!("  token: any token is accepted"),
+    }
+    if args.sources.is_empty() {
+        println!("  no sources defined (add --source NAME[=CONFIG]); every connect gets 404");
+    }
+    for (name, config) in &args.sources {
+        println!("  source {name}: {config}");
+    }
+    println!("  control API: {}/control/sources", server.url());
+    std::future::pending::<()>().await;
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Parsed, String> {
+        parse_args(args.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let Ok(Parsed::Run(a)) = parse(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--token=T",
+            "--user",
+            "u:p:w",
+            "--source",
+            "A",
+            "--source",
+            r#"B={"x":1}"#,
+            "--text-frames",
+            "--no-acks",
+            "--query-timeout-ms",
+            "250",
+            "--quiet",
+        ]) else {
+            panic!("did not parse");
+        };
+        assert_eq!(a.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert_eq!(a.token.as_deref(), Some("T"));
+        assert_eq!(a.user, Some(("u".to_owned(), "p:w".to_owned())));
+        assert_eq!(a.sources.len(), 2);
+        assert_eq!(a.sources[0].1.as_str(), "{}");
+        assert_eq!(a.sources[1].1.as_str(), r#"{"x":1}"#);
+        assert!(a.text_frames && a.no_acks && a.quiet);
+        assert_eq!(a.query_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(matches!(parse(&["--help"]), Ok(Parsed::Help)));
+        assert!(parse(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(parse(&["--token"]).unwrap_err().contains("--token needs"));
+        assert!(
+            parse(&["--source", "A={not json"])
+                .unwrap_err()
+                .contains("not JSON")
+        );
+        assert!(parse(&["--source", "=1"]).unwrap_err().contains("empty"));
+        assert!(parse(&["--user", "nopassword"]).is_err());
+        assert!(parse(&["--query-timeout-ms", "soon"]).is_err());
+    }
+}
