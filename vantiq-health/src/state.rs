@@ -1,0 +1,338 @@
+//! Health state: the tri-state, the sources, and the JSON the HTTP probe answers with.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::HealthError;
+use crate::sync::lock;
+
+/// Where one source stands, as listed by `GET /readyz` and followed by automatic mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SourceState {
+    /// Opening its socket, authenticating or waiting for its configuration (the state a
+    /// source has when it is registered).
+    Connecting,
+    /// Configured by the server: publishes, queries and notifications flow.
+    Configured,
+    /// Lost its session and is reconnecting.
+    Disconnected,
+    /// Closed on purpose (shutdown); it will not reconnect.
+    Closed,
+    /// Stopped for good after an error (e.g. a rejected token).
+    Failed,
+}
+
+impl SourceState {
+    /// The lower-case name used in JSON: `connecting`, `configured`, `disconnected`,
+    /// `closed` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Connecting => "connecting",
+            SourceState::Configured => "configured",
+            SourceState::Disconnected => "disconnected",
+            SourceState::Closed => "closed",
+            SourceState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for SourceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The connector's readiness: the tri-state of design row 17.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Readiness {
+    /// Neither `declare_healthy` nor `declare_unhealthy` has succeeded yet.
+    NeverDeclared,
+    /// Declared healthy: the TCP probe is open and `/readyz` answers 200.
+    Ready,
+    /// Declared unhealthy: the TCP probe is closed and `/readyz` answers 503.
+    NotReady,
+}
+
+impl Readiness {
+    /// From [`Health::is_healthy`](crate::Health::is_healthy)'s tri-state.
+    pub fn from_healthy(healthy: Option<bool>) -> Self {
+        match healthy {
+            None => Readiness::NeverDeclared,
+            Some(true) => Readiness::Ready,
+            Some(false) => Readiness::NotReady,
+        }
+    }
+
+    /// `"never declared"`, `"ready"` or `"not ready"` (the `status` of `/readyz`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::NeverDeclared => "never declared",
+            Readiness::Ready => "ready",
+            Readiness::NotReady => "not ready",
+        }
+    }
+}
+
+impl fmt::Display for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot of the health state, from [`Health::status`](crate::Health::status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The tri-state: `None` never declared, `Some(true)` healthy, `Some(false)` unhealthy.
+    pub healthy: Option<bool>,
+    /// Whether the connector's loop runs (what `/healthz` reports).
+    pub alive: bool,
+    /// Every registered source and its state, sorted by name.
+    pub sources: Vec<(String, SourceState)>,
+    /// The port the TCP probe listens on, while it is open.
+    pub tcp_probe_port: Option<u16>,
+    /// The port the HTTP probe listens on, while it runs.
+    pub http_probe_port: Option<u16>,
+}
+
+impl Status {
+    /// The readiness the tri-state stands for.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::from_healthy(self.healthy)
+    }
+
+    /// The body of `GET /readyz`, e.g.
+    /// `{"status":"ready","sources":{"a":"configured","b":"configured"}}`; `status` is one of
+    /// `ready`, `not ready`, `never declared`.
+    pub fn readyz_json(&self) -> String {
+        let mut out = String::with_capacity(48 + 32 * self.sources.len());
+        out.push_str("{\"status\":");
+        push_json_str(&mut out, self.readiness().as_str());
+        out.push_str(",\"sources\":{");
+        for (i, (name, state)) in self.sources.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, name);
+            out.push(':');
+            push_json_str(&mut out, state.as_str());
+        }
+        out.push_str("}}");
+        out
+    }
+
+    /// The body of `GET /healthz`: `{"status":"alive"}` or `{"status":"not alive"}`.
+    pub fn healthz_json(&self) -> String {
+        let status = if self.alive { "alive" } else { "not alive" };
+        format!("{{\"status\":\"{status}\"}}")
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The mutable health state, shared with the HTTP probe's threads.
+#[derive(Debug)]
+pub(crate) struct Data {
+    pub(crate) healthy: Option<bool>,
+    pub(crate) alive: bool,
+    pub(crate) sources: BTreeMap<String, SourceState>,
+    pub(crate) tcp_port: Option<u16>,
+    pub(crate) http_port: Option<u16>,
+    pub(crate) last_error: Option<HealthError>,
+}
+
+impl Data {
+    pub(crate) fn snapshot(&self) -> Status {
+        Status {
+            healthy: self.healthy,
+            alive: self.alive,
+            sources: self
+                .sources
+                .iter()
+                .map(|(name, state)| (name.clone(), *state))
+                .collect(),
+            tcp_probe_port: self.tcp_port,
+            http_probe_port: self.http_port,
+        }
+    }
+
+    /// Automatic mode's rule: at least one source, and every source configured.
+    pub(crate) fn all_configured(&self) -> bool {
+        !self.sources.is_empty() && self.sources.values().all(|s| *s == SourceState::Configured)
+    }
+}
+
+/// Counts the probe threads that are running.
+#[derive(Debug, Default)]
+pub(crate) struct ThreadCount(AtomicUsize);
+
+impl ThreadCount {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Counts one more thread until the token is dropped.
+    pub(crate) fn token(self: &Arc<Self>) -> ThreadToken {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ThreadToken(Arc::clone(self))
+    }
+}
+
+/// Held by a running probe thread; uncounts it when dropped.
+#[derive(Debug)]
+pub(crate) struct ThreadToken(Arc<ThreadCount>);
+
+impl Drop for ThreadToken {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the probe threads share with [`Health`](crate::Health) (never the `Health` itself, so
+/// that dropping the last `Health` stops them).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) data: Mutex<Data>,
+    pub(crate) threads: Arc<ThreadCount>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Shared {
+            data: Mutex::new(Data {
+                healthy: None,
+                alive: true,
+                sources: BTreeMap::new(),
+                tcp_port: None,
+                http_port: None,
+                last_error: None,
+            }),
+            threads: Arc::new(ThreadCount::default()),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Status {
+        lock(&self.data).snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(healthy: Option<bool>, sources: &[(&str, SourceState)]) -> Status {
+        Status {
+            healthy,
+            alive: true,
+            sources: sources.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            tcp_probe_port: None,
+            http_probe_port: None,
+        }
+    }
+
+    #[test]
+    fn source_state_names() {
+        let all = [
+            (SourceState::Connecting, "connecting"),
+            (SourceState::Configured, "configured"),
+            (SourceState::Disconnected, "disconnected"),
+            (SourceState::Closed, "closed"),
+            (SourceState::Failed, "failed"),
+        ];
+        for (state, name) in all {
+            assert_eq!(state.as_str(), name);
+            assert_eq!(state.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn readiness_from_tri_state() {
+        assert_eq!(Readiness::from_healthy(None), Readiness::NeverDeclared);
+        assert_eq!(Readiness::from_healthy(Some(true)), Readiness::Ready);
+        assert_eq!(Readiness::from_healthy(Some(false)), Readiness::NotReady);
+        assert_eq!(Readiness::NeverDeclared.to_string(), "never declared");
+        assert_eq!(Readiness::NotReady.to_string(), "not ready");
+    }
+
+    #[test]
+    fn readyz_json_bodies() {
+        assert_eq!(
+            status(None, &[]).readyz_json(),
+            r#"{"status":"never declared","sources":{}}"#
+        );
+        assert_eq!(
+            status(
+                Some(true),
+                &[
+                    ("a", SourceState::Configured),
+                    ("b", SourceState::Configured)
+                ]
+            )
+            .readyz_json(),
+            r#"{"status":"ready","sources":{"a":"configured","b":"configured"}}"#
+        );
+        assert_eq!(
+            status(Some(false), &[("a", SourceState::Disconnected)]).readyz_json(),
+            r#"{"status":"not ready","sources":{"a":"disconnected"}}"#
+        );
+    }
+
+    #[test]
+    fn healthz_json_bodies() {
+        let mut s = status(None, &[]);
+        assert_eq!(s.healthz_json(), r#"{"status":"alive"}"#);
+        s.alive = false;
+        assert_eq!(s.healthz_json(), r#"{"status":"not alive"}"#);
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut out = String::new();
+        push_json_str(&mut out, "a\"b\\c\nd\u{1}e\u{7f}é");
+        assert_eq!(out, r#""a\"b\\c\nd\u0001e\u007fé""#);
+    }
+
+    #[test]
+    fn all_configured_needs_a_source() {
+        let shared = Shared::new();
+        let mut d = lock(&shared.data);
+        assert!(!d.all_configured());
+        d.sources.insert("a".into(), SourceState::Configured);
+        assert!(d.all_configured());
+        d.sources.insert("b".into(), SourceState::Connecting);
+        assert!(!d.all_configured());
+    }
+
+    #[test]
+    fn thread_tokens_count() {
+        let count = Arc::new(ThreadCount::default());
+        let a = count.token();
+        let b = count.token();
+        assert_eq!(count.get(), 2);
+        drop(a);
+        assert_eq!(count.get(), 1);
+        drop(b);
+        assert_eq!(count.get(), 0);
+    }
+}
