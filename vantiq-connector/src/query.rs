@@ -1,0 +1,339 @@
+//! [`Query`]: the handle through which a query is answered.
+
+use std::fmt;
+
+use futures_core::Stream;
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use vantiq_proto::{Json, QueryError, QueryId, Reply, RowChunker, reply_overhead};
+
+use crate::source::{Abandon, ReplyCmd, Source};
+
+/// Code of the error sent for a query when no query handler is set.
+pub const NO_HANDLER_CODE: &str = "io.vantiq.connector.noQueryHandler";
+/// Code of the error sent for a query whose handler failed.
+pub const HANDLER_FAILED_CODE: &str = "io.vantiq.connector.queryFailed";
+/// Code of the error sent for a query dropped without a final reply.
+pub const DROPPED_CODE: &str = "io.vantiq.connector.queryDropped";
+
+pub(crate) fn no_handler_error(source: &str) -> QueryError {
+    QueryError::new(
+        NO_HANDLER_CODE,
+        "Queries are not supported for source {0}. No handler has been set.",
+        [source],
+    )
+}
+
+pub(crate) fn handler_failed_error(source: &str, message: &str) -> QueryError {
+    QueryError::new(
+        HANDLER_FAILED_CODE,
+        "The query handler of source {0} failed: {1}",
+        [source, message],
+    )
+}
+
+pub(crate) fn dropped_error(source: &str) -> QueryError {
+    QueryError::new(
+        DROPPED_CODE,
+        "The connector for source {0} ended the query without a final reply.",
+        [source],
+    )
+}
+
+/// Why a reply was not sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// The session the query came in has ended; Vantiq no longer waits for the reply.
+    #[error("the session of this query has ended; the reply was not sent")]
+    SessionEnded,
+    /// Rows must be a JSON object or an array of objects.
+    #[error("query rows must be a JSON object or an array of objects")]
+    InvalidRows,
+    /// The rows could not be serialized.
+    #[error("the rows could not be serialized: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// The connector has stopped.
+    #[error("the connector for this source has stopped")]
+    Closed,
+}
+
+/// One query awaiting replies: any number of partial replies, then exactly one final reply
+/// (rows, empty, or error).
+///
+/// Dropping a `Query` before its final reply answers it with the error
+/// `io.vantiq.connector.queryDropped` (or, when the handler returned an error,
+/// `io.vantiq.connector.queryFailed` with the error's text), so the VAIL caller never waits
+/// for its timeout. A `Query` is `Send + 'static`: move it into a task to answer later.
+pub struct Query {
+    id: QueryId,
+    params: Json,
+    reply_address: String,
+    source: Source,
+    parts: u64,
+    finished: bool,
+    chunk_bytes: usize,
+}
+
+impl fmt::Debug for Query {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Query")
+            .field("source", &self.source.name())
+            .field("id", &self.id)
+            .field("reply_address", &self.reply_address)
+            .field("params", &self.params)
+            .field("parts", &self.parts)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl Query {
+    pub(crate) fn new(id: QueryId, params: Json, reply_address: String, source: Source) -> Self {
+        let chunk_bytes = source.0.chunk_bytes;
+        Query {
+            id,
+            params,
+            reply_address,
+            source,
+            parts: 0,
+            finished: false,
+            chunk_bytes,
+        }
+    }
+
+    /// The query's identity within its connection.
+    #[must_use]
+    pub fn id(&self) -> QueryId {
+        self.id
+    }
+
+    /// The WITH parameters as JSON text.
+    #[must_use]
+    pub fn params(&self) -> &Json {
+        &self.params
+    }
+
+    /// The WITH parameters deserialized into your type.
+    ///
+    /// # Errors
+    /// The parameters do not have the shape `T` expects.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        self.params.parse()
+    }
+
+    /// The server's reply address (for logs).
+    #[must_use]
+    pub fn reply_address(&self) -> &str {
+        &self.reply_address
+    }
+
+    /// The source the query came to.
+    #[must_use]
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Replies sent so far.
+    #[must_use]
+    pub fn parts_sent(&self) -> u64 {
+        self.parts
+    }
+
+    /// Sets the byte budget of each reply frame used by [`Query::stream`] (default:
+    /// `queryChunkBytes`, 256 KiB).
+    pub fn set_chunk_bytes(&mut self, bytes: usize) {
+        self.chunk_bytes = bytes.max(256);
+    }
+
+    async fn send(&mut self, reply: Reply) -> Result<(), ReplyError> {
+        if self.source.session() != self.id.session() {
+            // Nothing more can reach the server for this query: do not report it dropped.
+            self.finished = true;
+            return Err(ReplyError::SessionEnded);
+        }
+        let terminal = reply.is_terminal();
+        self.source
+            .0
+            .reply_tx
+            .send(ReplyCmd { id: self.id, reply })
+            .await
+            .map_err(|_| ReplyError::Closed)?;
+        self.parts += 1;
+        if terminal {
+            self.finished = true;
+        }
+        Ok(())
+    }
+
+    fn rows<T: Serialize + ?Sized>(rows: &T) -> Result<Json, ReplyError> {
+        let json = Json::from_serialize(rows)?;
+        if json.is_object() || json.is_array() {
+            Ok(json)
+        } else {
+            Err(ReplyError::InvalidRows)
+        }
+    }
+
+    /// Sends rows (an object or a sequence of objects) with more to come (status 100).
+    ///
+    /// # Errors
+    /// See [`ReplyError`].
+    pub async fn partial<T: Serialize + ?Sized>(&mut self, rows: &T) -> Result<(), ReplyError> {
+        let rows = Self::rows(rows)?;
+        self.send(Reply::Partial(rows)).await
+    }
+
+    /// Sends the last rows (status 200) and ends the query.
+    ///
+    /// # Errors
+    /// See [`ReplyError`].
+    pub async fn complete<T: Serialize + ?Sized>(mut self, rows: &T) -> Result<(), ReplyError> {
+        let rows = Self::rows(rows)?;
+        self.send(Reply::Complete(rows)).await
+    }
+
+    /// Like [`Query::partial`] for JSON text you already have.
+    ///
+    /// # Errors
+    /// See [`ReplyError`].
+    pub async fn partial_json(&mut self, rows: Json) -> Result<(), ReplyError> {
+        if !(rows.is_object() || rows.is_array()) {
+            return Err(ReplyError::InvalidRows);
+        }
+        self.send(Reply::Partial(rows)).await
+    }
+
+    /// Like [`Query::complete`] for JSON text you already have.
+    ///
+    /// # Errors
+    /// See [`ReplyError`].
+    pub async fn complete_json(mut self, rows: Json) -> Result<(), ReplyError> {
+        if !(rows.is_object() || rows.is_array()) {
+            return Err(ReplyError::InvalidRows);
+        }
+        self.send(Reply::Complete(rows)).await
+    }
+
+    /// Ends the query with no (more) rows (status 204).
+    ///
+    /// # Errors
+    /// See [`ReplyError`].
+    pub async fn empty(mut self) -> Result<(), ReplyError> {
+        self.send(Reply::Empty).await
+    }
+
+    /// Ends the query with an error (status 400, `{messageCode, messageTemplate,
+    /// parameters}`).
+    ///
+    /// # Errors
+    /// See [`ReplyError`].
+    pub async fn error(mut self, error: QueryError) -> Result<(), ReplyError> {
+        self.send(Reply::Error(error)).await
+    }
+
+    fn chunker(&self) -> RowChunker {
+        let budget = self
+            .chunk_bytes
+            .saturating_sub(reply_overhead(&self.reply_address));
+        RowChunker::new(budget)
+    }
+
+    /// Streams rows in as many replies as the byte budget needs: partial replies, then the
+    /// last chunk as the final reply (or an empty reply when there are no rows). Returns the
+    /// number of rows sent.
+    ///
+    /// # Errors
+    /// See [`ReplyError`]; a row that is not an object gives [`ReplyError::InvalidRows`] and
+    /// the query is then answered with an error.
+    pub async fn stream<I>(mut self, rows: I) -> Result<usize, ReplyError>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        let mut chunks = Chunks::new(&self);
+        for row in rows {
+            self.stream_row(&mut chunks, &row).await?;
+        }
+        self.finish_stream(chunks).await
+    }
+
+    /// Like [`Query::stream`] for rows that arrive from an async stream.
+    ///
+    /// # Errors
+    /// As [`Query::stream`].
+    pub async fn stream_from<S>(mut self, rows: S) -> Result<usize, ReplyError>
+    where
+        S: Stream,
+        S::Item: Serialize,
+    {
+        let mut rows = std::pin::pin!(rows);
+        let mut chunks = Chunks::new(&self);
+        while let Some(row) = rows.next().await {
+            self.stream_row(&mut chunks, &row).await?;
+        }
+        self.finish_stream(chunks).await
+    }
+
+    /// Adds one row; sends the chunk before the one that just filled up, so the last chunk
+    /// can go out as the final reply.
+    async fn stream_row<T: Serialize>(
+        &mut self,
+        chunks: &mut Chunks,
+        row: &T,
+    ) -> Result<(), ReplyError> {
+        let row = Json::from_serialize(row)?;
+        if !row.is_object() {
+            return Err(ReplyError::InvalidRows);
+        }
+        chunks.rows += 1;
+        if let Some(full) = chunks.chunker.push(row.as_str())
+            && let Some(prev) = chunks.pending.replace(full)
+        {
+            self.send(Reply::Partial(prev)).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_stream(&mut self, mut chunks: Chunks) -> Result<usize, ReplyError> {
+        match (chunks.pending, chunks.chunker.finish()) {
+            (Some(prev), Some(last)) => {
+                self.send(Reply::Partial(prev)).await?;
+                self.send(Reply::Complete(last)).await?;
+            }
+            (Some(only), None) | (None, Some(only)) => self.send(Reply::Complete(only)).await?,
+            (None, None) => self.send(Reply::Empty).await?,
+        }
+        Ok(chunks.rows)
+    }
+}
+
+/// State of a row stream: the chunker, the chunk held back, the rows so far.
+struct Chunks {
+    chunker: RowChunker,
+    pending: Option<Json>,
+    rows: usize,
+}
+
+impl Chunks {
+    fn new(query: &Query) -> Self {
+        Chunks {
+            chunker: query.chunker(),
+            pending: None,
+            rows: 0,
+        }
+    }
+}
+
+impl Drop for Query {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Unbounded: never blocks, never fails while the driver runs.
+            let _ = self.source.0.abandon_tx.try_send(Abandon {
+                id: self.id,
+                parts: self.parts,
+            });
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The small surface an async runtime must provide: TCP connect, a resettable timer, spawn.
+//!
+//! Everything else — TLS (futures-rustls), the WebSocket (async-tungstenite), the driver loop,
+//! handlers — is written once, here, over `futures-io`. The runtime crates implement
+//! [`Runtime`] in a few dozen lines each.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A timer that fires once at a deadline and can be moved.
+pub trait Timer: Send + Unpin + 'static {
+    /// Sets (or moves) the deadline.
+    fn reset(&mut self, deadline: Instant);
+    /// Ready once the deadline has passed (until the next `reset`).
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// What a connector needs from an async runtime.
+pub trait Runtime: Clone + Send + Sync + 'static {
+    /// A connected TCP stream speaking `futures-io`.
+    type Tcp: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static;
+    /// The runtime's timer.
+    type Timer: Timer;
+    /// A spawned task; completes when the task does.
+    type Task: Future<Output = ()> + Send + Unpin + 'static;
+
+    /// Opens a TCP connection to `host:port` (resolving the name), with `TCP_NODELAY` set.
+    fn connect_tcp(&self, host: String, port: u16) -> BoxFuture<'static, io::Result<Self::Tcp>>;
+
+    /// A timer whose first deadline is `deadline`.
+    fn timer(&self, deadline: Instant) -> Self::Timer;
+
+    /// Runs `future` as a task of its own.
+    fn spawn(&self, future: BoxFuture<'static, ()>) -> Self::Task;
+}

@@ -1,0 +1,442 @@
+//! [`ConnectorSet`]: every source of a `server.config`, their handlers, health, and `run`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_channel::{Receiver, Sender};
+use tracing::Instrument as _;
+use vantiq_health::{Health, HealthConfig, HealthError};
+use vantiq_proto::{
+    ConfigError, Connection, ConnectionConfig, DisconnectReason, FatalError, Json, SEARCH_PATHS,
+    ServerConfig, TOKEN_ENV,
+};
+
+use crate::driver::{Driver, DriverParts};
+use crate::handler::{DynHandler, FnHandlers, Handler, HandlerResult};
+use crate::query::Query;
+use crate::runtime::Runtime;
+use crate::source::{Source, SourceChannels};
+use crate::transport::{TransportOptions, tls_config};
+
+/// Why a connector set could not be built or stopped running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectorError {
+    /// No configuration file in any of the searched places.
+    #[error("no server.config found (looked for {})", .searched.join(", "))]
+    ConfigNotFound {
+        /// The paths tried, in order.
+        searched: Vec<String>,
+    },
+    /// The configuration file exists but could not be read.
+    #[error("could not read {path}: {error}")]
+    ConfigRead {
+        /// The file.
+        path: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The configuration is invalid (the error names the file and the key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A handler was given for a source that `sources` does not list.
+    #[error("a handler was given for source `{0}`, which is not in `sources`")]
+    UnknownSource(String),
+    /// A health probe could not start.
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    /// TLS could not be set up.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// A source ended for good (a rejected token; with `failOnConnectionError`, any
+    /// connection failure). The other sources were shut down.
+    #[error("source `{source_name}`: {error}")]
+    Fatal {
+        /// The source.
+        source_name: String,
+        /// What happened.
+        error: FatalError,
+    },
+    /// An operating-system resource the connector needs (a signal handler, …) failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Stops a running connector set: every socket closes with code 1000, close handlers run,
+/// queued notifications are flushed (within the close timeout), and `run` returns `Ok`.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    tx: Sender<()>,
+}
+
+impl ShutdownHandle {
+    /// Begins the shutdown. Idempotent.
+    pub fn shutdown(&self) {
+        self.tx.close();
+    }
+
+    /// Whether shutdown has begun.
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+type Tweak = Box<dyn Fn(&mut ConnectionConfig) + Send + Sync>;
+
+/// A connector: every source in `server.config`, with its handlers.
+///
+/// Build it from the configuration, give it handlers (closures with the `on_*` methods or a
+/// [`Handler`] for all or per source), take [`Source`] handles and the [`ShutdownHandle`] as
+/// needed, then `run` it. The runtime crates (`vantiq-connector-tokio`,
+/// `vantiq-connector-smol`) name this type with their runtime filled in.
+pub struct ConnectorSet<R: Runtime> {
+    runtime: R,
+    config: ServerConfig,
+    sources: Vec<(Source, Option<SourceChannels>)>,
+    handler: Option<Arc<dyn DynHandler>>,
+    closures: FnHandlers,
+    per_source: HashMap<String, Arc<dyn DynHandler>>,
+    health: Health,
+    shutdown_tx: Sender<()>,
+    shutdown_rx: Receiver<()>,
+    transport: TransportOptions,
+    tweak: Option<Tweak>,
+}
+
+impl<R: Runtime> fmt::Debug for ConnectorSet<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectorSet")
+            .field("config", &self.config)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads `server.config` the way both Vantiq SDKs do: `serverConfig/server.config`, then
+/// `./server.config`, relative to `dir`; the token may come from `CONNECTOR_AUTH_TOKEN`.
+///
+/// # Errors
+/// No file found, unreadable, or invalid.
+pub fn load_config_from_dir(dir: &Path) -> Result<ServerConfig, ConnectorError> {
+    let candidates: Vec<PathBuf> = SEARCH_PATHS.iter().map(|p| dir.join(p)).collect();
+    for path in &candidates {
+        if path.is_file() {
+            return load_config_file(path);
+        }
+    }
+    Err(ConnectorError::ConfigNotFound {
+        searched: candidates.iter().map(|p| p.display().to_string()).collect(),
+    })
+}
+
+/// Reads one configuration file (the token may come from `CONNECTOR_AUTH_TOKEN`).
+///
+/// # Errors
+/// Unreadable or invalid.
+pub fn load_config_file(path: &Path) -> Result<ServerConfig, ConnectorError> {
+    let bytes = std::fs::read(path).map_err(|error| ConnectorError::ConfigRead {
+        path: path.display().to_string(),
+        error,
+    })?;
+    let origin = path.display().to_string();
+    Ok(ServerConfig::parse_bytes(&bytes, &origin, |k| {
+        (k == TOKEN_ENV).then(|| std::env::var(k).ok()).flatten()
+    })?)
+}
+
+fn os_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back on the address of a fresh allocation and the clock.
+        let b = Box::new(0u8);
+        let addr = std::ptr::addr_of!(*b) as usize as u64;
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return addr ^ t.rotate_left(17);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+impl<R: Runtime + Default> ConnectorSet<R> {
+    /// Loads `serverConfig/server.config` or `./server.config` from the working directory.
+    ///
+    /// # Errors
+    /// As [`load_config_from_dir`].
+    pub fn from_default_config() -> Result<Self, ConnectorError> {
+        let dir = std::env::current_dir().map_err(|error| ConnectorError::ConfigRead {
+            path: ".".to_owned(),
+            error,
+        })?;
+        Ok(Self::new(load_config_from_dir(&dir)?))
+    }
+
+    /// Loads the given configuration file.
+    ///
+    /// # Errors
+    /// As [`load_config_file`].
+    pub fn from_config_file(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
+        Ok(Self::new(load_config_file(path.as_ref())?))
+    }
+
+    /// A set for an already built configuration.
+    #[must_use]
+    pub fn new(config: ServerConfig) -> Self {
+        Self::with_runtime(R::default(), config)
+    }
+}
+
+impl<R: Runtime> ConnectorSet<R> {
+    /// A set on an explicit runtime value.
+    #[must_use]
+    pub fn with_runtime(runtime: R, config: ServerConfig) -> Self {
+        for w in config.warnings() {
+            tracing::warn!(origin = config.origin(), "{w}");
+        }
+        let opts = config.connect_options();
+        let mut transport = TransportOptions::default();
+        if let Some(max) = opts.max_message_size {
+            transport.max_message_size = max;
+        }
+        transport.disable_tls_verification = opts.disable_ssl_verification;
+        let sources = config
+            .sources()
+            .iter()
+            .map(|name| {
+                let (s, ch) = Source::new(name.clone(), config.query_chunk_bytes());
+                (s, Some(ch))
+            })
+            .collect();
+        let health = Health::new(HealthConfig {
+            tcp_port: config.tcp_probe_port(),
+            http_port: config.health_probe_port(),
+            auto: config.auto_health(),
+            ..HealthConfig::default()
+        });
+        let (shutdown_tx, shutdown_rx) = async_channel::bounded(1);
+        ConnectorSet {
+            runtime,
+            config,
+            sources,
+            handler: None,
+            closures: FnHandlers::default(),
+            per_source: HashMap::new(),
+            health,
+            shutdown_tx,
+            shutdown_rx,
+            transport,
+            tweak: None,
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Handles on every source, in `sources` order.
+    #[must_use]
+    pub fn sources(&self) -> Vec<Source> {
+        self.sources.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// The handle on one source.
+    #[must_use]
+    pub fn source(&self, name: &str) -> Option<Source> {
+        self.sources
+            .iter()
+            .find(|(s, _)| s.name() == name)
+            .map(|(s, _)| s.clone())
+    }
+
+    /// The set's health: declare healthy or unhealthy, read the tri-state, see the probes'
+    /// ports. With `autoHealth=true` it follows the sources by itself.
+    #[must_use]
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// A handle that stops the set.
+    #[must_use]
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            tx: self.shutdown_tx.clone(),
+        }
+    }
+
+    /// Socket settings (message size limit, buffer sizes, TLS verification).
+    pub fn transport_options(&mut self) -> &mut TransportOptions {
+        &mut self.transport
+    }
+
+    /// Adjusts each source's [`ConnectionConfig`] (back-off, timeouts, keep-alive) before
+    /// the set runs.
+    #[must_use]
+    pub fn connection_config(
+        mut self,
+        f: impl Fn(&mut ConnectionConfig) + Send + Sync + 'static,
+    ) -> Self {
+        self.tweak = Some(Box::new(f));
+        self
+    }
+
+    /// Uses `handler` for every source without a handler of its own.
+    #[must_use]
+    pub fn handler(mut self, handler: impl Handler) -> Self {
+        self.handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Uses `handler` for the source `name` (checked when the set runs).
+    #[must_use]
+    pub fn source_handler(mut self, name: impl Into<String>, handler: impl Handler) -> Self {
+        self.per_source.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// Called when a source is configured, with its configuration document.
+    #[must_use]
+    pub fn on_connect<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Source, Json) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.closures.set_connect(f);
+        self
+    }
+
+    /// Called for each publish, with the published object.
+    #[must_use]
+    pub fn on_publish<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Source, Json) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.closures.set_publish(f);
+        self
+    }
+
+    /// Called for each query.
+    #[must_use]
+    pub fn on_query<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Source, Query) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.closures.set_query(f);
+        self
+    }
+
+    /// Called when a session ends.
+    #[must_use]
+    pub fn on_close<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Source, DisconnectReason) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.closures.set_close(f);
+        self
+    }
+
+    /// Runs every source until shutdown or a fatal error.
+    ///
+    /// # Errors
+    /// The first fatal error of any source (the others are shut down first), a handler for
+    /// an unknown source, a TLS or health probe setup failure.
+    pub async fn run(mut self) -> Result<(), ConnectorError> {
+        for name in self.per_source.keys() {
+            if !self.config.sources().iter().any(|s| s == name) {
+                return Err(ConnectorError::UnknownSource(name.clone()));
+            }
+        }
+        let tls = tls_config(self.transport.disable_tls_verification)
+            .map_err(|e| ConnectorError::Tls(e.to_string()))?;
+        if self.transport.disable_tls_verification {
+            tracing::warn!(
+                "disableSslVerification is set: server certificates are NOT verified; never use this in production"
+            );
+        }
+        let ws_config = self.transport.websocket_config();
+        for (s, _) in &self.sources {
+            self.health.register_source(s.name());
+        }
+        self.health.set_alive(true);
+        if let Err(e) = self.health.start_http() {
+            self.health.shutdown();
+            return Err(e.into());
+        }
+        let default: Arc<dyn DynHandler> = match self.handler.take() {
+            Some(h) if self.closures.is_empty() => h,
+            Some(h) => {
+                tracing::warn!("both a Handler and on_* closures were given; the Handler is used");
+                h
+            }
+            None => Arc::new(std::mem::take(&mut self.closures)),
+        };
+        let first_error: Arc<Mutex<Option<ConnectorError>>> = Arc::new(Mutex::new(None));
+        let mut tasks = Vec::with_capacity(self.sources.len());
+        for (source, channels) in &mut self.sources {
+            let Some(channels) = channels.take() else {
+                continue;
+            };
+            let mut cfg =
+                ConnectionConfig::from_server_config(&self.config, source.name(), os_seed());
+            if let Some(t) = &self.tweak {
+                t(&mut cfg);
+            }
+            let handler = self
+                .per_source
+                .get(source.name())
+                .cloned()
+                .unwrap_or_else(|| default.clone());
+            let driver = Driver::new(DriverParts {
+                runtime: self.runtime.clone(),
+                conn: Connection::new(cfg, std::time::Instant::now()),
+                source: source.clone(),
+                channels,
+                handler,
+                shutdown: self.shutdown_rx.clone(),
+                tls: tls.clone(),
+                ws_config,
+                health: self.health.clone(),
+            });
+            let name = source.name().to_owned();
+            let first_error = first_error.clone();
+            let shutdown = self.shutdown_tx.clone();
+            let span = tracing::info_span!("source", name = %name);
+            let task = async move {
+                if let Some(error) = driver.run().await {
+                    let mut slot = match first_error.lock() {
+                        Ok(g) => g,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    if slot.is_none() {
+                        *slot = Some(ConnectorError::Fatal {
+                            source_name: name,
+                            error,
+                        });
+                    }
+                    shutdown.close();
+                }
+            }
+            .instrument(span);
+            tasks.push(self.runtime.spawn(Box::pin(task)));
+        }
+        futures_util::future::join_all(tasks).await;
+        self.health.set_alive(false);
+        self.health.shutdown();
+        let result = match first_error.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        match result {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
