@@ -5,7 +5,12 @@
 //! `tests/corpus.rs` replays the checked-in corpus through them under plain `cargo test`, so
 //! every crash found stays a regression test even without cargo-fuzz.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 #[path = "../../vantiq-proto/tests/harness/mod.rs"]
 mod harness;
@@ -17,11 +22,13 @@ use vantiq_proto::{Properties, ServerConfig};
 /// back to the same frame.
 pub fn frame_decode(data: &[u8]) {
     if let Ok(f) = ServerFrame::decode(data) {
-        let again = ServerFrame::decode(f.encode().as_bytes()).expect("re-decoding an encoded frame");
+        let again =
+            ServerFrame::decode(f.encode().as_bytes()).expect("re-decoding an encoded frame");
         assert_eq!(again, f);
     }
     if let Ok(f) = ClientFrame::decode(data) {
-        let again = ClientFrame::decode(f.encode().as_bytes()).expect("re-decoding an encoded frame");
+        let again =
+            ClientFrame::decode(f.encode().as_bytes()).expect("re-decoding an encoded frame");
         assert_eq!(again, f);
     }
 }
@@ -35,10 +42,17 @@ pub fn server_config(data: &[u8]) {
         let mut names: Vec<&String> = cfg.sources().iter().collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), cfg.sources().len(), "duplicate source names accepted");
+        assert_eq!(
+            names.len(),
+            cfg.sources().len(),
+            "duplicate source names accepted"
+        );
         assert!(cfg.sources().iter().all(|s| !s.trim().is_empty()));
         assert!(cfg.target().as_str().starts_with("ws"));
-        assert!(!format!("{cfg:?}").contains("env-token"), "token in Debug output");
+        assert!(
+            !format!("{cfg:?}").contains("env-token"),
+            "token in Debug output"
+        );
     }
 }
 

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 fn replay(target: &str, body: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
@@ -13,7 +15,11 @@ fn replay(target: &str, body: fn(&[u8])) {
         body(&data);
         n += 1;
     }
-    assert!(n >= 5, "{target}: only {n} corpus files in {}", dir.display());
+    assert!(
+        n >= 5,
+        "{target}: only {n} corpus files in {}",
+        dir.display()
+    );
 }
 
 #[test]
