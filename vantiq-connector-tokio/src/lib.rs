@@ -113,5 +113,10 @@ impl Runtime for Tokio {
     }
 }
 
+/// The README's code blocks, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// A connector set on tokio. See [`vantiq_connector::ConnectorSet`].
 pub type ConnectorSet = vantiq_connector::ConnectorSet<Tokio>;

@@ -259,56 +259,49 @@ impl<R: Runtime> Driver<R> {
         }
         let state = self.conn.state();
         if self.last_state != Some(state) {
-            self.last_state = Some(state);
-            let session = if state == ConnectionState::Configured {
-                self.conn.session()
-            } else {
-                0
-            };
-            self.source.set_state(state, session, None);
-            let health_state = match state {
-                ConnectionState::Configured => SourceState::Configured,
-                ConnectionState::Closed => {
-                    if matches!(self.outcome, Some(Some(_))) {
-                        SourceState::Failed
-                    } else {
-                        SourceState::Closed
-                    }
-                }
-                ConnectionState::WaitingToReconnect => SourceState::Disconnected,
-                _ => {
-                    if self.conn.stats().sessions > 0 {
-                        SourceState::Disconnected
-                    } else {
-                        SourceState::Connecting
-                    }
-                }
-            };
-            self.health
-                .set_source_state(self.source.name(), health_state);
+            self.publish_state(state, None);
         }
+    }
+
+    /// Makes a state change visible: to health first, so that whoever wakes on the
+    /// source's state sees health up to date, then to the source handle.
+    fn publish_state(&mut self, state: ConnectionState, config: Option<Json>) {
+        self.last_state = Some(state);
+        let health_state = match state {
+            ConnectionState::Configured => SourceState::Configured,
+            ConnectionState::Closed => {
+                if matches!(self.outcome, Some(Some(_))) {
+                    SourceState::Failed
+                } else {
+                    SourceState::Closed
+                }
+            }
+            ConnectionState::WaitingToReconnect => SourceState::Disconnected,
+            _ if self.conn.stats().sessions > 0 => SourceState::Disconnected,
+            _ => SourceState::Connecting,
+        };
+        self.health
+            .set_source_state(self.source.name(), health_state);
+        let session = if state == ConnectionState::Configured {
+            self.conn.session()
+        } else {
+            0
+        };
+        self.source.set_state(state, session, config);
     }
 
     fn on_event(&mut self, e: Event) {
         match e {
             Event::Configured { config } => {
                 tracing::info!(session = self.conn.session(), "source configured");
-                self.source.set_state(
-                    ConnectionState::Configured,
-                    self.conn.session(),
-                    Some(config.clone()),
-                );
-                self.last_state = Some(ConnectionState::Configured);
-                self.health
-                    .set_source_state(self.source.name(), SourceState::Configured);
+                self.publish_state(ConnectionState::Configured, Some(config.clone()));
                 self.events.push_back(Event::Configured { config });
             }
             Event::Disconnected { reason } => {
                 tracing::info!(?reason, "session ended");
                 self.handler_errors.clear();
                 // Queries of the ended session are refused from now on.
-                self.source.set_state(self.conn.state(), 0, None);
-                self.last_state = Some(self.conn.state());
+                self.publish_state(self.conn.state(), None);
                 self.events.push_back(Event::Disconnected { reason });
             }
             Event::Closed { error, undelivered } => {

@@ -63,6 +63,26 @@ pub mod keys {
     pub const RECONNECT_INITIAL_DELAY: &str = "reconnectInitialDelay";
     /// Largest reconnect delay in seconds (default 30).
     pub const RECONNECT_MAX_DELAY: &str = "reconnectMaxDelay";
+
+    /// Every key above.
+    pub const ALL: [&str; 16] = [
+        TARGET_SERVER,
+        AUTH_TOKEN,
+        USERNAME,
+        PASSWORD,
+        SOURCES,
+        SEND_PINGS,
+        TCP_PROBE_PORT,
+        HEALTH_PROBE_PORT,
+        AUTO_HEALTH,
+        FAIL_ON_CONNECTION_ERROR,
+        RECONNECT_SECRET,
+        CONNECT_KW_ARGS,
+        NOTIFICATION_QUEUE_SIZE,
+        QUERY_CHUNK_BYTES,
+        RECONNECT_INITIAL_DELAY,
+        RECONNECT_MAX_DELAY,
+    ];
 }
 
 /// A secret string whose `Debug` and `Display` never show it.

@@ -1,0 +1,152 @@
+//! The connector as a process, on both runtimes: the token from the environment, exit
+//! codes, and SIGTERM.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::json;
+use vantiq_e2e::{Kit, Smol, WAIT, run};
+
+const BIN: &str = env!("CARGO_BIN_EXE_e2e-echo");
+
+/// A scratch directory holding `serverConfig/server.config` with `text`.
+fn config_dir(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vantiq-e2e-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("serverConfig")).unwrap();
+    std::fs::write(dir.join("serverConfig/server.config"), text).unwrap();
+    dir
+}
+
+fn spawn(runtime: &str, dir: &Path, token: Option<&str>) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.arg(runtime)
+        .current_dir(dir)
+        .env_remove("CONNECTOR_AUTH_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(t) = token {
+        cmd.env("CONNECTOR_AUTH_TOKEN", t);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Waits for the process to end (on a thread, so the wait can time out).
+async fn exit(kit: &Kit, child: Child) -> (i32, String) {
+    let (tx, rx) = async_channel::bounded(1);
+    std::thread::spawn(move || {
+        let out = child.wait_with_output().unwrap();
+        let _ = tx.send_blocking((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    });
+    kit.within(WAIT, "the connector process exiting", rx.recv())
+        .await
+        .unwrap()
+}
+
+fn token_from_environment_then_sigterm(runtime: &'static str) {
+    run::<Smol, _>(|| async move {
+        let kit = Kit::start(|b| b.token("env-token").source("s1", json!({"x": 1}))).await;
+        // No authToken in the file: CONNECTOR_AUTH_TOKEN supplies it.
+        let dir = config_dir(
+            &format!("env-{runtime}"),
+            &format!("targetServer={}\nsources=s1\ntcpProbePort=0\n", kit.url()),
+        );
+        let child = spawn(runtime, &dir, Some("env-token"));
+        let s1 = kit.source("s1");
+        s1.wait_configured().await;
+        assert_eq!(
+            s1.notifications(1).await[0],
+            json!({"connected": true, "config": {"x": 1}})
+        );
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (code, stderr) = exit(&kit, child).await;
+        assert_eq!(code, 0, "stderr: {stderr}");
+        s1.wait_disconnected().await;
+        assert_eq!(
+            s1.handle().close_frames(),
+            [(Some(1000), "Closed by client".to_owned())]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    });
+}
+
+fn fatal_and_config_errors_exit_non_zero(runtime: &'static str) {
+    run::<Smol, _>(|| async move {
+        let kit = Kit::start(|b| b.token("right").source("s1", json!({}))).await;
+        // The environment does not override a token in the file.
+        let dir = config_dir(
+            &format!("fatal-{runtime}"),
+            &format!(
+                "targetServer={}\nsources=s1\nauthToken=wrong\ntcpProbePort=0\n",
+                kit.url()
+            ),
+        );
+        let (code, stderr) = exit(&kit, spawn(runtime, &dir, Some("right"))).await;
+        assert_eq!(code, 1);
+        assert!(
+            stderr.contains("source `s1`: authentication rejected by the server: status 401"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("right") && !stderr.contains("wrong"),
+            "a token in the output: {stderr}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let empty =
+            std::env::temp_dir().join(format!("vantiq-e2e-none-{runtime}-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let (code, stderr) = exit(&kit, spawn(runtime, &empty, None)).await;
+        assert_eq!(code, 2);
+        assert!(stderr.contains("no server.config found"), "{stderr}");
+        let _ = std::fs::remove_dir_all(&empty);
+
+        let dir = config_dir(
+            &format!("bad-{runtime}"),
+            "targetServer=ftp://x\nsources=a\nauthToken=t\n",
+        );
+        let (code, stderr) = exit(&kit, spawn(runtime, &dir, None)).await;
+        assert_eq!(code, 2);
+        assert!(
+            stderr.contains("key `targetServer`") && stderr.contains("serverConfig/server.config"),
+            "{stderr}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn tokio_token_from_environment_then_sigterm() {
+    token_from_environment_then_sigterm("tokio");
+}
+
+#[test]
+fn smol_token_from_environment_then_sigterm() {
+    token_from_environment_then_sigterm("smol");
+}
+
+#[test]
+fn tokio_fatal_and_config_errors_exit_non_zero() {
+    fatal_and_config_errors_exit_non_zero("tokio");
+}
+
+#[test]
+fn smol_fatal_and_config_errors_exit_non_zero() {
+    fatal_and_config_errors_exit_non_zero("smol");
+}

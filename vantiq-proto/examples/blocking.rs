@@ -1,0 +1,260 @@
+//! A complete connector on a transport this SDK did not write: a plain blocking
+//! `tungstenite` socket and std threads, no async runtime at all.
+//!
+//! It shows the calling contract of [`vantiq_proto::Connection`] end to end: perform every
+//! transmit, hand every event to the application, sleep until the next timeout or socket
+//! input. It authenticates, attaches, echoes publishes back as notifications, answers
+//! queries, sends a notification from another thread every few seconds, and reconnects
+//! after a drop (with the back-off and keep-alive of the core).
+//!
+//! Run it against the embedded server:
+//!
+//! ```text
+//! cargo run -p vantiq-testkit --bin vantiq-devserver -- --listen 127.0.0.1:8088 \
+//!     --token dev-token --source 'Blocking={"hello":"world"}'
+//! cargo run -p vantiq-proto --example blocking -- http://127.0.0.1:8088 dev-token Blocking
+//! curl -s -X POST localhost:8088/control/sources/Blocking/publish -d '{"ping":1}'
+//! curl -s -X POST localhost:8088/control/sources/Blocking/query -d '{"q":1}'
+//! curl -s -X POST localhost:8088/control/sources/Blocking/drop     # it reconnects
+//! ```
+//!
+//! (`wss://` works the same way once tungstenite's TLS feature is enabled.)
+
+// A driver reads the clock, sleeps and owns a socket: that is its job, not the core's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::CloseFrame;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+use vantiq_proto::{
+    Connection, ConnectionConfig, Credentials, Event, Json, Reply, Secret, SocketEnd, TargetUrl,
+    Transmit,
+};
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// Longest a read blocks, so that notifications from other threads go out promptly.
+const POLL: Duration = Duration::from_millis(20);
+
+/// What the connector did, for whoever runs it (the example prints it; a test checks it).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Report {
+    /// A session began with this configuration.
+    Configured(Json),
+    /// A publish was echoed.
+    Echoed(Json),
+    /// A query was answered.
+    Answered(Json),
+    /// The session ended.
+    Disconnected,
+    /// The connection ended for good (the error, if any).
+    Closed(Option<String>),
+}
+
+/// Runs the connector until `stop` is set (then closes gracefully) or a fatal error.
+/// Notifications sent on `notes` go out in order; every event is reported on `report`.
+pub(crate) fn run_connector(
+    url: &str,
+    token: &str,
+    source: &str,
+    notes: Receiver<Json>,
+    report: Sender<Report>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let url = TargetUrl::parse(url).map_err(|e| e.to_string())?;
+    let seed = u64::from(std::process::id()) ^ Instant::now().elapsed().as_nanos() as u64;
+    let config = ConnectionConfig::new(source, url, Credentials::Token(Secret::new(token)), seed);
+    let mut conn = Connection::new(config, Instant::now());
+    let mut socket: Option<Socket> = None;
+    let mut closing = false;
+    loop {
+        // 1. Perform every transmit, in order.
+        flush(&mut conn, &mut socket);
+        // 2. Hand every event to the application.
+        while let Some(e) = conn.poll_event() {
+            match e {
+                Event::Configured { config } => {
+                    let hello = format!(r#"{{"connected":true,"config":{config}}}"#);
+                    let _ = conn.notify(Json::from_string(hello).map_err(|e| e.to_string())?);
+                    let _ = report.send(Report::Configured(config));
+                }
+                Event::Publish { object } => {
+                    let _ = report.send(Report::Echoed(object.clone()));
+                    if let Err(e) = conn.notify(object) {
+                        eprintln!("blocking: publish not echoed: {e}");
+                    }
+                }
+                Event::Query { id, params, .. } => {
+                    let rows = Json::from_string(format!(r#"[{{"echo":{params}}}]"#))
+                        .map_err(|e| e.to_string())?;
+                    if let Err(e) = conn.respond(id, Reply::Complete(rows)) {
+                        eprintln!("blocking: reply not sent: {e}");
+                    }
+                    let _ = report.send(Report::Answered(params));
+                }
+                Event::Disconnected { .. } => {
+                    let _ = report.send(Report::Disconnected);
+                }
+                Event::Closed { error, .. } => {
+                    let error = error.map(|e| e.to_string());
+                    let _ = report.send(Report::Closed(error.clone()));
+                    return error.map_or(Ok(()), Err);
+                }
+                _ => {}
+            }
+        }
+        // Replies and notifications made above are transmits too.
+        flush(&mut conn, &mut socket);
+        // 3. Commands from other threads.
+        if stop.load(Ordering::Relaxed) && !closing {
+            closing = true;
+            conn.close(Instant::now());
+            continue;
+        }
+        while conn.can_notify() {
+            match notes.try_recv() {
+                Ok(note) => {
+                    if let Err(e) = conn.notify(note) {
+                        eprintln!("blocking: notification refused: {e}");
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        flush(&mut conn, &mut socket);
+        // 4. Wait for input or the next timeout, whichever comes first.
+        let now = Instant::now();
+        let deadline = conn.poll_timeout();
+        let wait = deadline.map_or(POLL, |d| d.saturating_duration_since(now).min(POLL));
+        if socket.is_some() {
+            read_one(&mut conn, &mut socket, wait);
+        } else {
+            std::thread::sleep(wait);
+        }
+        if conn.poll_timeout().is_some_and(|d| d <= Instant::now()) {
+            conn.handle_timeout(Instant::now());
+        }
+    }
+}
+
+/// Performs every transmit waiting, in order.
+fn flush(conn: &mut Connection, socket: &mut Option<Socket>) {
+    while let Some(t) = conn.poll_transmit() {
+        perform(conn, socket, t);
+    }
+}
+
+/// Does what a transmit asks with the blocking socket.
+fn perform(conn: &mut Connection, socket: &mut Option<Socket>, t: Transmit) {
+    let now = Instant::now();
+    match t {
+        Transmit::Connect { url } => match tungstenite::connect(url.as_str()) {
+            Ok((ws, _response)) => {
+                if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+                    let _ = tcp.set_nodelay(true);
+                }
+                *socket = Some(ws);
+                conn.handle_open(now);
+            }
+            Err(e) => conn.handle_closed(now, SocketEnd::ConnectFailed(e.to_string())),
+        },
+        Transmit::Frame(text) => send(conn, socket, Message::text(text)),
+        Transmit::Ping => send(conn, socket, Message::Ping(Default::default())),
+        Transmit::Close { code, reason } => {
+            if let Some(mut ws) = socket.take() {
+                let _ = ws.close(Some(CloseFrame {
+                    code: code.into(),
+                    reason: reason.into(),
+                }));
+                let _ = ws.flush();
+            }
+        }
+        Transmit::Abort => *socket = None,
+        _ => {}
+    }
+}
+
+fn send(conn: &mut Connection, socket: &mut Option<Socket>, msg: Message) {
+    let Some(ws) = socket.as_mut() else { return };
+    if let Err(e) = ws.send(msg) {
+        *socket = None;
+        conn.handle_closed(Instant::now(), SocketEnd::Error(e.to_string()));
+    }
+}
+
+/// Reads at most one message, waiting at most `wait`.
+fn read_one(conn: &mut Connection, socket: &mut Option<Socket>, wait: Duration) {
+    let Some(ws) = socket.as_mut() else { return };
+    if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        let _ = tcp.set_read_timeout(Some(wait.max(Duration::from_millis(1))));
+    }
+    let now = Instant::now();
+    match ws.read() {
+        Ok(Message::Text(t)) => report_frame(conn.handle_frame(now, t.as_bytes())),
+        Ok(Message::Binary(b)) => report_frame(conn.handle_frame(now, &b)),
+        Ok(Message::Pong(_) | Message::Ping(_)) => conn.handle_pong(now),
+        Ok(_) => {}
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+            *socket = None;
+            conn.handle_closed(
+                now,
+                SocketEnd::Closed {
+                    code: None,
+                    reason: String::new(),
+                },
+            );
+        }
+        Err(e) => {
+            *socket = None;
+            conn.handle_closed(now, SocketEnd::Error(e.to_string()));
+        }
+    }
+}
+
+fn report_frame(r: Result<(), vantiq_proto::FrameError>) {
+    if let Err(e) = r {
+        eprintln!("blocking: dropped a frame: {e}");
+    }
+}
+
+#[allow(dead_code)] // `main` is unused when a test includes this file as a module.
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [url, token, source] = args.as_slice() else {
+        eprintln!("usage: blocking <targetServer> <token> <source>");
+        std::process::exit(2);
+    };
+    let (note_tx, note_rx) = channel();
+    let (report_tx, report_rx) = channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Another thread sends a notification every five seconds.
+    std::thread::spawn(move || {
+        for n in 0u64.. {
+            std::thread::sleep(Duration::from_secs(5));
+            let tick = Json::from_string(format!(r#"{{"tick":{n}}}"#));
+            if tick.map(|t| note_tx.send(t)).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for r in report_rx {
+            println!("{r:?}");
+        }
+    });
+    if let Err(e) = run_connector(url, token, source, note_rx, report_tx, stop) {
+        eprintln!("blocking: {e}");
+        std::process::exit(1);
+    }
+}
