@@ -73,6 +73,8 @@ pub use set::{
 pub use source::{NotifyError, Source, Stopped, TryNotifyError};
 pub use transport::{MaybeTls, TransportOptions, Ws, tls_config};
 
+/// Certificate types for [`TransportOptions::extra_root_certificates`].
+pub use rustls_pki_types::{CertificateDer, pem::PemObject};
 pub use vantiq_health::{Health, HealthConfig, HealthError, Readiness, SourceState};
 /// The sans-IO protocol core, for advanced use (custom transports, tests).
 pub use vantiq_proto as proto;

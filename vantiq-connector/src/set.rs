@@ -211,11 +211,13 @@ impl<R: Runtime> ConnectorSet<R> {
                 (s, Some(ch))
             })
             .collect();
+        let defaults = HealthConfig::default();
         let health = Health::new(HealthConfig {
             tcp_port: config.tcp_probe_port(),
             http_port: config.health_probe_port(),
+            bind: config.health_probe_bind().unwrap_or(defaults.bind),
             auto: config.auto_health(),
-            ..HealthConfig::default()
+            ..defaults
         });
         let (shutdown_tx, shutdown_rx) = async_channel::bounded(1);
         ConnectorSet {
@@ -354,8 +356,7 @@ impl<R: Runtime> ConnectorSet<R> {
                 return Err(ConnectorError::UnknownSource(name.clone()));
             }
         }
-        let tls = tls_config(self.transport.disable_tls_verification)
-            .map_err(|e| ConnectorError::Tls(e.to_string()))?;
+        let tls = tls_config(&self.transport).map_err(|e| ConnectorError::Tls(e.to_string()))?;
         if self.transport.disable_tls_verification {
             tracing::warn!(
                 "disableSslVerification is set: server certificates are NOT verified; never use this in production"

@@ -34,6 +34,9 @@ pub struct TransportOptions {
     pub write_buffer_size: usize,
     /// Accept any server certificate (`disableSslVerification`). Development only.
     pub disable_tls_verification: bool,
+    /// Certificate authorities to trust besides the built-in (or native) roots: for servers
+    /// behind a private CA.
+    pub extra_root_certificates: Vec<CertificateDer<'static>>,
 }
 
 impl Default for TransportOptions {
@@ -43,6 +46,7 @@ impl Default for TransportOptions {
             read_buffer_size: 8 * 1024,
             write_buffer_size: 16 * 1024,
             disable_tls_verification: false,
+            extra_root_certificates: Vec::new(),
         }
     }
 }
@@ -197,8 +201,10 @@ fn root_store() -> RootCertStore {
 /// Builds the rustls client configuration (once per connector set).
 ///
 /// # Errors
-/// The crypto provider rejects the default protocol versions (not expected with `ring`).
-pub fn tls_config(disable_verification: bool) -> Result<Arc<ClientConfig>, rustls::Error> {
+/// The crypto provider rejects the default protocol versions (not expected with `ring`), or
+/// an extra root certificate cannot be parsed.
+pub fn tls_config(options: &TransportOptions) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let disable_verification = options.disable_tls_verification;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -208,9 +214,11 @@ pub fn tls_config(disable_verification: bool) -> Result<Arc<ClientConfig>, rustl
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
             .with_no_client_auth()
     } else {
-        builder
-            .with_root_certificates(root_store())
-            .with_no_client_auth()
+        let mut roots = root_store();
+        for cert in &options.extra_root_certificates {
+            roots.add(cert.clone())?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
     };
     Ok(Arc::new(config))
 }

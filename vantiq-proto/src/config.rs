@@ -47,6 +47,8 @@ pub mod keys {
     pub const TCP_PROBE_PORT: &str = "tcpProbePort";
     /// HTTP health probe port (`/healthz`, `/readyz`); off when absent.
     pub const HEALTH_PROBE_PORT: &str = "healthProbePort";
+    /// Address the health probes listen on (default `0.0.0.0`; `::` for IPv6 pod networks).
+    pub const HEALTH_PROBE_BIND: &str = "healthProbeBind";
     /// `true`: readiness follows the sources (healthy while every source is configured).
     pub const AUTO_HEALTH: &str = "autoHealth";
     /// `true`: the first connection failure ends the connector.
@@ -65,7 +67,7 @@ pub mod keys {
     pub const RECONNECT_MAX_DELAY: &str = "reconnectMaxDelay";
 
     /// Every key above.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         TARGET_SERVER,
         AUTH_TOKEN,
         USERNAME,
@@ -74,6 +76,7 @@ pub mod keys {
         SEND_PINGS,
         TCP_PROBE_PORT,
         HEALTH_PROBE_PORT,
+        HEALTH_PROBE_BIND,
         AUTO_HEALTH,
         FAIL_ON_CONNECTION_ERROR,
         RECONNECT_SECRET,
@@ -170,6 +173,7 @@ pub struct ServerConfig {
     send_pings: bool,
     tcp_probe_port: u16,
     health_probe_port: Option<u16>,
+    health_probe_bind: Option<std::net::IpAddr>,
     auto_health: bool,
     fail_on_connection_error: bool,
     reconnect_secret: Option<String>,
@@ -469,6 +473,15 @@ impl ServerConfig {
             .port(keys::TCP_PROBE_PORT)?
             .unwrap_or(DEFAULT_TCP_PROBE_PORT);
         let health_probe_port = r.port(keys::HEALTH_PROBE_PORT)?;
+        let health_probe_bind = match r.non_blank(keys::HEALTH_PROBE_BIND) {
+            None => None,
+            Some(v) => Some(v.parse::<std::net::IpAddr>().map_err(|_| {
+                r.err(
+                    keys::HEALTH_PROBE_BIND,
+                    format!("expected an IP address such as 0.0.0.0 or ::, found `{v}`"),
+                )
+            })?),
+        };
         let auto_health = r.boolean(keys::AUTO_HEALTH, false)?;
         let fail_on_connection_error = r.boolean(keys::FAIL_ON_CONNECTION_ERROR, false)?;
         let reconnect_secret = r.non_blank(keys::RECONNECT_SECRET).map(str::to_owned);
@@ -497,6 +510,7 @@ impl ServerConfig {
             send_pings,
             tcp_probe_port,
             health_probe_port,
+            health_probe_bind,
             auto_health,
             fail_on_connection_error,
             reconnect_secret,
@@ -556,6 +570,12 @@ impl ServerConfig {
     #[must_use]
     pub fn health_probe_port(&self) -> Option<u16> {
         self.health_probe_port
+    }
+
+    /// The address the health probes listen on (`healthProbeBind`), if configured.
+    #[must_use]
+    pub fn health_probe_bind(&self) -> Option<std::net::IpAddr> {
+        self.health_probe_bind
     }
 
     /// Whether health follows the sources automatically (`autoHealth`).
@@ -704,12 +724,13 @@ mod tests {
              myOwnKey=mine\n\
              connectKWArgs={{\"disableSslVerification\": true, \"max_size\": null, \
              \"open_timeout\": 3, \"ping_interval\": 5, \"ping_timeout\": 2.5, \
-             \"close_timeout\": 1, \"max_queue\": 16}}\n"
+             \"close_timeout\": 1, \"max_queue\": 16}}\nhealthProbeBind=::1\n"
         ))
         .unwrap();
         assert!(!c.send_pings());
         assert_eq!(c.tcp_probe_port(), 0);
         assert_eq!(c.health_probe_port(), Some(8081));
+        assert_eq!(c.health_probe_bind(), Some("::1".parse().unwrap()));
         assert!(c.auto_health());
         assert!(c.fail_on_connection_error());
         assert_eq!(c.reconnect_secret(), Some("abc"));
