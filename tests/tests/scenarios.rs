@@ -38,6 +38,7 @@ on_both_runtimes!(
     graceful_shutdown,
     notify_errors_and_back_pressure,
     per_source_handlers,
+    slow_handler_pauses_reading_without_losing_the_session,
 );
 
 fn echo_set<R: TestRuntime>(kit: &Kit, sources: &[&str], extra: &str) -> ConnectorSet<R> {
@@ -796,4 +797,73 @@ async fn per_source_handlers<R: TestRuntime>() {
         Err(ConnectorError::UnknownSource(s)) => assert_eq!(s, "zz"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A publish handler that waits at a gate until the test opens it.
+struct Gated {
+    gate: async_channel::Receiver<()>,
+}
+
+impl Handler for Gated {
+    async fn on_publish(&self, source: &Source, message: Json) -> HandlerResult {
+        if message.to_value()["wait"] == json!(true) {
+            let _ = self.gate.recv().await;
+        }
+        source.notify_json(message).await?;
+        Ok(())
+    }
+
+    async fn on_query(&self, _source: &Source, query: Query) -> HandlerResult {
+        query.complete(&json!({"alive": true})).await?;
+        Ok(())
+    }
+}
+
+async fn slow_handler_pauses_reading_without_losing_the_session<R: TestRuntime>() {
+    let kit = Kit::start(|b| {
+        b.token("T")
+            .source("slow", json!({}))
+            .source("other", json!({}))
+    })
+    .await;
+    let (open, gate) = async_channel::bounded::<()>(1);
+    let set = ConnectorSet::<R>::new(kit.config(&["slow", "other"], ""))
+        .handler(Gated { gate })
+        .connection_config(|c| {
+            c.keepalive = Some(vantiq_connector::KeepAlive {
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_millis(150),
+            });
+        });
+    let running = start(set);
+    let slow = kit.source("slow");
+    slow.wait_configured().await;
+    kit.source("other").wait_configured().await;
+    // The handler blocks on the first publish; 300 more queue up, far beyond the 64 the
+    // driver buffers, so it stops reading the socket.
+    slow.publish(json!({"wait": true, "n": 0})).await;
+    for n in 1..=300 {
+        slow.publish(json!({"n": n})).await;
+    }
+    // Meanwhile the other source is served…
+    let r = kit.source("other").query(json!({})).await;
+    assert_eq!(r.rows, [json!({"alive": true})]);
+    // …and the stalled one is not declared dead although its pongs sit unread for many
+    // keep-alive periods.
+    kit.sleep(Duration::from_millis(1500)).await;
+    open.send(()).await.unwrap();
+    let got = slow.notifications(301).await;
+    assert_eq!(got[0], json!({"wait": true, "n": 0}));
+    assert!(
+        got[1..]
+            .iter()
+            .enumerate()
+            .all(|(i, n)| n == &json!({"n": i + 1}))
+    );
+    assert_eq!(
+        slow.handle().connections(),
+        1,
+        "the session survived the pause"
+    );
+    running.stop(&kit).await.unwrap();
 }

@@ -128,6 +128,7 @@ pub(crate) struct Driver<R: Runtime> {
     last_state: Option<ConnectionState>,
     outcome: Option<Option<FatalError>>,
     health: Health,
+    reading_paused: bool,
 }
 
 fn snippet(data: &[u8]) -> String {
@@ -168,6 +169,7 @@ impl<R: Runtime> Driver<R> {
             last_state: None,
             outcome: None,
             health: parts.health,
+            reading_paused: false,
             runtime: parts.runtime,
         };
         d.flush_conn(Instant::now());
@@ -471,6 +473,14 @@ impl<R: Runtime> Driver<R> {
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
+        let paused = self.events.len() >= MAX_PENDING_EVENTS;
+        if paused != self.reading_paused {
+            self.reading_paused = paused;
+            self.conn.set_reading_paused(paused);
+            if paused {
+                tracing::debug!("handlers are behind: reading paused");
+            }
+        }
         for _ in 0..READ_BATCH {
             if self.events.len() >= MAX_PENDING_EVENTS {
                 break;

@@ -410,6 +410,7 @@ pub struct Connection {
     stats: Stats,
     notification_prefix: String,
     last_failure: Option<Failure>,
+    reading_paused: bool,
 }
 
 impl Connection {
@@ -441,6 +442,7 @@ impl Connection {
             events: VecDeque::new(),
             stats: Stats::default(),
             last_failure: None,
+            reading_paused: false,
         };
         c.start_connect(now);
         c
@@ -586,6 +588,17 @@ impl Connection {
         self.pong_deadline = None;
     }
 
+    /// The driver stopped (or resumed) reading the socket on purpose, for back-pressure
+    /// while the application catches up. A pong may then sit unread behind other frames, so
+    /// no keep-alive deadline runs while reading is paused; pings still go out, and the
+    /// deadline applies again from the first ping after reading resumes.
+    pub fn set_reading_paused(&mut self, paused: bool) {
+        self.reading_paused = paused;
+        if paused {
+            self.pong_deadline = None;
+        }
+    }
+
     /// A text or binary frame arrived. A bad frame is reported and dropped; the connection
     /// goes on.
     ///
@@ -723,7 +736,7 @@ impl Connection {
             && next <= now
         {
             self.transmits.push_back(Transmit::Ping);
-            if self.pong_deadline.is_none() {
+            if self.pong_deadline.is_none() && !self.reading_paused {
                 self.pong_deadline = Some(now + k.timeout);
             }
             self.next_ping = Some(now + k.interval);

@@ -37,6 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), any::<u8>()).prop_map(|(a, b)| Op::Abandon(a, b)),
         1 => Just(Op::Close),
         6 => (0u64..40_000).prop_map(Op::Tick),
+        1 => any::<bool>().prop_map(Op::Pause),
     ]
 }
 

@@ -421,6 +421,27 @@ fn keepalive_detects_a_stalled_link() {
 }
 
 #[test]
+fn no_keepalive_deadline_while_reading_is_paused_for_back_pressure() {
+    let mut sim = Sim::new(config(24));
+    configured(&mut sim);
+    // The application is slow: the driver stops reading, so pongs sit unread.
+    sim.conn.set_reading_paused(true);
+    sim.stalled = true;
+    sim.run_for(300 * SEC);
+    assert!(sim.is_configured(), "a paused reader is not a dead link");
+    assert!(
+        sim.count_transmits(|t| matches!(t, Transmit::Ping)) >= 15,
+        "pings still go out"
+    );
+    // Reading again: a link that still answers nothing is detected by the next deadline.
+    sim.conn.set_reading_paused(false);
+    let resumed = sim.now;
+    sim.run_until_pred(60 * SEC, "keep-alive timeout", |s| !s.is_configured());
+    assert!(sim.now - resumed <= 40 * SEC);
+    assert_eq!(sim.conn.last_failure(), Some(&Failure::KeepAliveTimeout));
+}
+
+#[test]
 fn pings_can_be_turned_off() {
     let mut cfg = config(10);
     cfg.keepalive = None;

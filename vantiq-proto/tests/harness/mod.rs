@@ -46,6 +46,7 @@ pub enum Op {
     Abandon(usize, u8),
     Close,
     Tick(u64),
+    Pause(bool),
 }
 
 #[derive(Debug, PartialEq)]
@@ -313,6 +314,7 @@ impl Harness {
                     .abandon(id, u64::from(parts % 3), QueryError::new("d", "t", [0]));
             }
             Op::Close => self.conn.close(self.now),
+            Op::Pause(p) => self.conn.set_reading_paused(p),
             Op::Tick(ms) => {
                 self.now += Duration::from_millis(ms);
                 if self.conn.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -339,7 +341,7 @@ impl Op {
         let mut it = data.iter().copied();
         while let Some(sel) = it.next() {
             let mut arg = || it.next().unwrap_or(0);
-            ops.push(match sel % 19 {
+            ops.push(match sel % 20 {
                 0 => Op::AuthOk,
                 1 => Op::AuthFail(300 + i64::from(arg())),
                 2 => Op::Refuse,
@@ -361,6 +363,7 @@ impl Op {
                 15 => Op::Respond(usize::from(arg()), arg()),
                 16 => Op::Abandon(usize::from(arg()), arg()),
                 17 => Op::Close,
+                18 => Op::Pause(arg() % 2 == 0),
                 _ => Op::Tick(u64::from(arg()) * 250),
             });
         }
