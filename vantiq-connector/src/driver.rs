@@ -250,8 +250,9 @@ impl<R: Runtime> Driver<R> {
                 Transmit::Abort => {
                     self.connecting = None;
                     self.ws = None;
-                    self.outbox.clear();
                     self.need_flush = false;
+                    let unsent = self.take_unsent();
+                    self.conn.requeue_unsent(unsent);
                 }
                 other => tracing::warn!(?other, "unknown transmit ignored"),
             }
@@ -332,11 +333,24 @@ impl<R: Runtime> Driver<R> {
         self.flush_conn(now);
     }
 
+    /// The frames queued for the socket and never handed to it, oldest first.
+    fn take_unsent(&mut self) -> Vec<String> {
+        self.outbox
+            .drain(..)
+            .filter_map(|m| match m {
+                Message::Text(t) => Some(t.as_str().to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn socket_failed(&mut self, end: SocketEnd) {
         let now = Instant::now();
         self.ws = None;
-        self.outbox.clear();
         self.need_flush = false;
+        // Notifications still waiting for this socket go out with the next session.
+        let unsent = self.take_unsent();
+        self.conn.requeue_unsent(unsent);
         if let SocketEnd::Error(e) = &end {
             tracing::warn!(error = %e, "socket error");
         }
@@ -473,7 +487,10 @@ impl<R: Runtime> Driver<R> {
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
-        let paused = self.events.len() >= MAX_PENDING_EVENTS;
+        // No keep-alive deadline while handlers are behind, unless the socket takes no writes
+        // either (the queue of frames to write is full): then a peer that does not answer a
+        // ping is gone.
+        let paused = self.events.len() >= MAX_PENDING_EVENTS && self.outbox.len() < MAX_OUTBOX;
         if paused != self.reading_paused {
             self.reading_paused = paused;
             self.conn.set_reading_paused(paused);

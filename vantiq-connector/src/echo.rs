@@ -9,7 +9,9 @@
 //! - query `{"rows": N, "chunk": K}` → rows `{"i": 0}` … `{"i": N-1}` as partial replies of
 //!   `K` rows, the last chunk as the final reply; without `chunk`, one final reply with all
 //!   rows; `N = 0` → an empty (204) reply;
-//! - query `{"error": M}` → error reply `echo.error`, `Echo error: {0}`, parameters `[M]`.
+//! - query `{"error": M}` → error reply `echo.error`, `Echo error: {0}`, parameters `[M]`;
+//! - a query for more than [`MAX_ROWS`] rows → error reply `echo.tooMany` (the rows of one
+//!   reply are built in memory).
 
 use serde::{Deserialize, Serialize};
 use vantiq_health::Health;
@@ -20,6 +22,9 @@ use crate::query::Query;
 use crate::runtime::Runtime;
 use crate::set::{ConnectorError, ConnectorSet};
 use crate::source::Source;
+
+/// The most rows the echo connector produces for one query.
+pub const MAX_ROWS: u64 = 1_000_000;
 
 /// The echo connector's behaviour (see the [module documentation](self)).
 #[derive(Debug, Clone)]
@@ -146,6 +151,11 @@ impl Handler for Echo {
             return Ok(());
         }
         let n = params.rows.unwrap_or(0);
+        if n > MAX_ROWS {
+            let e = QueryError::new("echo.tooMany", "{0} rows is more than {1}", [n, MAX_ROWS]);
+            query.error(e).await?;
+            return Ok(());
+        }
         if n == 0 {
             query.empty().await?;
             return Ok(());

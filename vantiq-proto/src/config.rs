@@ -325,6 +325,9 @@ fn parse_sources(r: &Reader<'_>) -> Result<Vec<String>, ConfigError> {
     } else {
         raw.split(',').map(|s| s.trim().to_owned()).collect()
     };
+    if names.is_empty() {
+        return Err(r.err(key, "lists no source: name at least one"));
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, name) in names.iter().enumerate() {
         if name.is_empty() {
@@ -798,6 +801,10 @@ mod tests {
             (
                 "targetServer=h\nauthToken=t\nsources=a,,b",
                 "test/server.config: key `sources`: source name number 2 is empty (line 3)",
+            ),
+            (
+                "targetServer=h\nauthToken=t\nsources=[]",
+                "test/server.config: key `sources`: lists no source: name at least one (line 3)",
             ),
             (
                 "targetServer=h\nauthToken=t\nsources=a,b,a",

@@ -588,6 +588,35 @@ impl Connection {
         self.pong_deadline = None;
     }
 
+    /// Hands back frames taken from [`Connection::poll_transmit`] for a socket that ended
+    /// before they were written to it, oldest first. Notifications among them go back to the
+    /// front of the offline queue, in their order, to be sent in the next session (even past
+    /// the queue's capacity: they were accepted already). Other frames (replies of the ended
+    /// session, handshake frames) are dropped: nothing waits for them any more.
+    ///
+    /// Call it before reporting the socket's end with [`Connection::handle_closed`] (or right
+    /// after performing the [`Transmit::Abort`] that let the socket go), so that the
+    /// notifications keep their place ahead of any queued since.
+    pub fn requeue_unsent<I>(&mut self, frames: I)
+    where
+        I: IntoIterator<Item = String>,
+        I::IntoIter: DoubleEndedIterator,
+    {
+        if self.state == State::Closed {
+            return;
+        }
+        for frame in frames.into_iter().rev() {
+            // Every notification frame is `<prefix><object>}`, made by this connection.
+            let object = frame
+                .strip_prefix(self.notification_prefix.as_str())
+                .and_then(|rest| rest.strip_suffix('}'))
+                .and_then(|text| Json::from_string(text.to_owned()).ok());
+            if let Some(object) = object {
+                self.queue.push_front(object);
+            }
+        }
+    }
+
     /// The driver stopped (or resumed) reading the socket on purpose, for back-pressure
     /// while the application catches up. A pong may then sit unread behind other frames, so
     /// no keep-alive deadline runs while reading is paused; pings still go out, and the

@@ -122,7 +122,9 @@ impl Json {
         serde_json::from_str(self.0.get())
     }
 
-    /// Parses the text into a [`serde_json::Value`] tree.
+    /// Parses the text into a [`serde_json::Value`] tree. JSON nested deeper than
+    /// `serde_json`'s recursion limit (128 levels) gives `Null`; use [`Json::parse`] to get
+    /// the error instead.
     #[must_use]
     pub fn to_value(&self) -> serde_json::Value {
         // The text was validated when this value was made, so parsing cannot fail; stay total.

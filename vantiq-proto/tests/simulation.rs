@@ -536,6 +536,46 @@ fn notifications_queue_while_disconnected_and_flush_in_order() {
 }
 
 #[test]
+fn notifications_never_written_to_a_failed_socket_are_sent_in_the_next_session() {
+    let mut cfg = config(31);
+    cfg.notification_queue = 2;
+    let mut sim = Sim::new(cfg);
+    configured(&mut sim);
+    for i in 0..4 {
+        sim.conn.notify(json(&format!(r#"{{"n":{i}}}"#))).unwrap();
+    }
+    // The runtime takes the four frames; the socket fails after writing only the first.
+    let mut taken = Vec::new();
+    while let Some(t) = sim.conn.poll_transmit() {
+        if let Transmit::Frame(f) = t {
+            taken.push(f);
+        }
+    }
+    assert_eq!(taken.len(), 4, "{taken:?}");
+    let mut unsent: Vec<String> = taken.split_off(1);
+    // A frame that is not a notification (a reply of the ended session) is dropped.
+    unsent.push(r#"{"status":200,"body":[]}"#.to_owned());
+    sim.conn.requeue_unsent(unsent);
+    sim.drop_socket();
+    sim.run_until_pred(SEC, "disconnect", |s| !s.is_configured());
+    // Back in the queue, past its capacity (they were accepted already): it takes no more.
+    assert!(!sim.conn.can_notify());
+    configured(&mut sim);
+    sim.conn.notify(json(r#"{"n":4}"#)).unwrap();
+    sim.run_for(SEC);
+    assert_eq!(
+        sim.server.notifications,
+        (1..5)
+            .map(|i| json(&format!(r#"{{"n":{i}}}"#)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sim.count_transmits(|t| matches!(t, Transmit::Frame(f) if f.starts_with(r#"{"status""#))),
+        0
+    );
+}
+
+#[test]
 fn close_flushes_queued_notifications_within_the_deadline() {
     let mut sim = Sim::new(config(14));
     sim.server_up = false;
