@@ -1,4 +1,4 @@
-//! Fuzz target bodies for `vantiq-proto`.
+//! Fuzz target bodies for `vantiq-proto` and the connector's driver.
 //!
 //! Each function takes arbitrary bytes and panics only when it finds a bug. The binaries in
 //! `fuzz_targets/` hand them to libFuzzer (`cargo fuzz run --features libfuzzer <target>`);
@@ -14,6 +14,11 @@
 
 #[path = "../../vantiq-proto/tests/harness/mod.rs"]
 mod harness;
+
+pub mod driver;
+pub mod mem;
+
+pub use driver::driver_frames;
 
 use vantiq_proto::frame::{ClientFrame, ServerFrame};
 use vantiq_proto::{Properties, ServerConfig};

@@ -22,6 +22,11 @@ use vantiq_connector::{ConnectorError, ConnectorSet, Runtime, ServerConfig, Shut
 use vantiq_proto::Json;
 use vantiq_testkit::{QueryResult, SourceHandle, TestServer, TestServerBuilder, TestkitError};
 
+pub mod faults;
+pub mod logs;
+pub mod proxy;
+pub mod wiretap;
+
 pub use vantiq_connector_smol::Smol;
 pub use vantiq_connector_tokio::Tokio;
 
@@ -122,6 +127,15 @@ impl Kit {
     /// Runs `fut` on the server's runtime and waits for it.
     pub async fn on<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
         self.rt().spawn(fut).await.expect("testkit task panicked")
+    }
+
+    /// Runs `fut` on the server's runtime without waiting for it; await the handle (from any
+    /// runtime) for its output.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.rt().spawn(fut)
     }
 
     /// Waits `d` (on the server's clock).
