@@ -534,36 +534,41 @@ async fn notify(
     Ok(PhaseResult::default())
 }
 
-async fn echo(
+/// A closed loop: keeps `inflight` requests outstanding (built by `request(n)`) until
+/// `total` have completed; `completes` says whether a frame from the connector completes
+/// one. Writes are batched: a batch of reads, then one flush.
+async fn closed_loop(
     ws: &mut Ws,
-    frames: &Frames,
     total: u64,
     inflight: u64,
-    payload: &str,
+    request: impl Fn(u64) -> Message,
+    completes: impl Fn(&[u8]) -> Result<bool, String>,
 ) -> Result<PhaseResult, String> {
     let t0 = Instant::now();
     let mut sent = 0;
-    let mut received = 0;
+    let mut done = 0;
     while sent < inflight.min(total) {
-        feed(ws, frames.echo(sent, payload)).await?;
+        feed(ws, request(sent)).await?;
         sent += 1;
     }
     flush(ws).await?;
-    while received < total {
+    while done < total {
         let mut msg = Some(next(ws).await?);
         let mut batch = 0;
         let mut queued = false;
         while let Some(m) = msg.take() {
-            if data(&m).map(classify) == Some(Inbound::Notification) {
-                received += 1;
+            if let Some(bytes) = data(&m)
+                && completes(bytes)?
+            {
+                done += 1;
                 if sent < total {
-                    feed(ws, frames.echo(sent, payload)).await?;
+                    feed(ws, request(sent)).await?;
                     sent += 1;
                     queued = true;
                 }
             }
             batch += 1;
-            if batch < READ_BATCH && received < total {
+            if batch < READ_BATCH && done < total {
                 msg = ready(ws)?;
             }
         }
@@ -576,6 +581,24 @@ async fn echo(
         ops: total,
         latencies: Vec::new(),
     })
+}
+
+/// Publish → notification round trips.
+async fn echo(
+    ws: &mut Ws,
+    frames: &Frames,
+    total: u64,
+    inflight: u64,
+    payload: &str,
+) -> Result<PhaseResult, String> {
+    closed_loop(
+        ws,
+        total,
+        inflight,
+        |n| frames.echo(n, payload),
+        |bytes| Ok(classify(bytes) == Inbound::Notification),
+    )
+    .await
 }
 
 /// A terminal reply's status (`None` for a partial reply or another frame).
@@ -597,49 +620,21 @@ fn terminal(bytes: &[u8]) -> Result<Option<i64>, String> {
     }
 }
 
+/// Queries of one row, each complete at its terminal reply.
 async fn query(
     ws: &mut Ws,
     frames: &Frames,
     total: u64,
     inflight: u64,
 ) -> Result<PhaseResult, String> {
-    let t0 = Instant::now();
-    let mut sent = 0;
-    let mut done = 0;
-    while sent < inflight.min(total) {
-        feed(ws, frames.query(sent)).await?;
-        sent += 1;
-    }
-    flush(ws).await?;
-    while done < total {
-        let mut msg = Some(next(ws).await?);
-        let mut batch = 0;
-        let mut queued = false;
-        while let Some(m) = msg.take() {
-            if let Some(bytes) = data(&m)
-                && terminal(bytes)?.is_some()
-            {
-                done += 1;
-                if sent < total {
-                    feed(ws, frames.query(sent)).await?;
-                    sent += 1;
-                    queued = true;
-                }
-            }
-            batch += 1;
-            if batch < READ_BATCH && done < total {
-                msg = ready(ws)?;
-            }
-        }
-        if queued {
-            flush(ws).await?;
-        }
-    }
-    Ok(PhaseResult {
-        elapsed: t0.elapsed(),
-        ops: total,
-        latencies: Vec::new(),
-    })
+    closed_loop(
+        ws,
+        total,
+        inflight,
+        |n| frames.query(n),
+        |bytes| Ok(terminal(bytes)?.is_some()),
+    )
+    .await
 }
 
 async fn latency(
