@@ -650,8 +650,7 @@ impl Connection {
         }
         // Any traffic shows the link is alive.
         self.pong_deadline = None;
-        let frame = ServerFrame::decode(data)?;
-        self.check_source(&frame)?;
+        let frame = ServerFrame::decode_for(data, &self.config.source)?;
         match frame {
             ServerFrame::Status(s) => self.on_status(now, s),
             ServerFrame::ConfigureExtension { config, .. } => {
@@ -869,23 +868,6 @@ impl Connection {
         FrameError::Unexpected {
             frame,
             state: self.state.name(),
-        }
-    }
-
-    fn check_source(&self, frame: &ServerFrame) -> Result<(), FrameError> {
-        let id = match frame {
-            ServerFrame::ConfigureExtension { resource_id, .. }
-            | ServerFrame::Publish { resource_id, .. }
-            | ServerFrame::Query { resource_id, .. }
-            | ServerFrame::ReconnectRequired { resource_id } => resource_id.as_deref(),
-            _ => None,
-        };
-        match id {
-            Some(got) if got != self.config.source => Err(FrameError::WrongSource {
-                expected: self.config.source.clone(),
-                got: got.to_owned(),
-            }),
-            _ => Ok(()),
         }
     }
 

@@ -334,6 +334,32 @@ struct Wire<'a> {
     reconnect_secret: Option<Cow<'a, str>>,
 }
 
+/// An object key: borrowed from the input unless it contains escapes. (Deserializing a
+/// `Cow<str>` always allocates: serde's `Cow` implementation goes through `String`.)
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// A string if the value is one; any other value is consumed and reported as the wrong type.
 struct LenientStr<'a>(Found<Cow<'a, str>>);
 
@@ -453,8 +479,8 @@ impl<'de> DeserializeSeed<'de> for PickKey {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut found = None;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if key == self.0 {
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    if key.0 == self.0 {
                         found = map.next_value::<LenientStr<'de>>()?.0.ok();
                     } else {
                         map.next_value::<IgnoredAny>()?;
@@ -509,8 +535,8 @@ impl<'de> Visitor<'de> for WireVisitor {
             body: None,
             reconnect_secret: None,
         };
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match &*key {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match &*key.0 {
                 "op" => w.op = map.next_value::<LenientStr<'de>>()?.0,
                 "resourceId" => w.resource_id = map.next_value::<LenientStr<'de>>()?.0.ok(),
                 "object" => w.object = Some(map.next_value::<&'de RawValue>()?),
@@ -608,8 +634,8 @@ fn extract_config(object: &RawValue) -> Option<Json> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut found = None;
-            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                if key == "config" {
+            while let Some(key) = map.next_key::<Key<'de>>()? {
+                if key.0 == "config" {
                     found = Some(map.next_value::<&'de RawValue>()?);
                 } else {
                     map.next_value::<IgnoredAny>()?;
@@ -632,8 +658,31 @@ impl ServerFrame {
     /// See [`FrameError`]: invalid JSON, not an object, `op` not a string, neither `op` nor
     /// `status`, or an operation missing a field it cannot do without.
     pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
-        let w = parse_wire(bytes)?;
-        let resource_id = w.resource_id.map(cow_string);
+        let mut w = parse_wire(bytes)?;
+        let resource_id = w.resource_id.take().map(cow_string);
+        Self::from_wire(w, resource_id)
+    }
+
+    /// Decodes a frame for the connection of source `expected`: a `resourceId` naming
+    /// another source is [`FrameError::WrongSource`]; a matching one is checked in place,
+    /// not copied (`resource_id` is then `None`).
+    pub(crate) fn decode_for(bytes: &[u8], expected: &str) -> Result<Self, FrameError> {
+        let mut w = parse_wire(bytes)?;
+        let got = w.resource_id.take();
+        let frame = Self::from_wire(w, None)?;
+        if let Some(got) = got
+            && !matches!(frame, ServerFrame::Status(_) | ServerFrame::Unknown { .. })
+            && got != expected
+        {
+            return Err(FrameError::WrongSource {
+                expected: expected.to_owned(),
+                got: got.into_owned(),
+            });
+        }
+        Ok(frame)
+    }
+
+    fn from_wire(w: Wire<'_>, resource_id: Option<String>) -> Result<Self, FrameError> {
         match w.op {
             Found::WrongType => Err(FrameError::OpNotString),
             Found::Absent => match w.status {
