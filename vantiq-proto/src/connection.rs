@@ -380,6 +380,27 @@ impl State {
     }
 }
 
+/// Hashes query numbers. They are ours (sequential, never chosen by the peer), so a
+/// multiplicative hash does; SipHash costs more than the rest of a lookup.
+#[derive(Debug, Default, Clone, Copy)]
+struct SeqHasher(u64);
+
+impl std::hash::Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type SeqHash = std::hash::BuildHasherDefault<SeqHasher>;
+
 #[derive(Debug)]
 struct QueryEntry {
     /// `,"headers":{"X-Reply-Address":"…"}`, ready to splice into replies.
@@ -402,7 +423,7 @@ pub struct Connection {
     closing: Option<Instant>,
     session: u64,
     next_query: u64,
-    queries: HashMap<u64, QueryEntry>,
+    queries: HashMap<u64, QueryEntry, SeqHash>,
     queue: VecDeque<Json>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -436,7 +457,7 @@ impl Connection {
             closing: None,
             session: 0,
             next_query: 0,
-            queries: HashMap::new(),
+            queries: HashMap::default(),
             queue: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -814,15 +835,22 @@ impl Connection {
         {
             return Err(ReplyError::InvalidRows);
         }
+        if reply.is_terminal() {
+            // One lookup: the terminal reply takes the query out.
+            let Some(entry) = self.queries.remove(&id.seq) else {
+                return Err(ReplyError::QueryFinished);
+            };
+            let frame = encode_reply(&entry.prefix, &reply);
+            self.transmits.push_back(Transmit::Frame(frame));
+            return Ok(());
+        }
         let Some(entry) = self.queries.get_mut(&id.seq) else {
             return Err(ReplyError::QueryFinished);
         };
         let frame = encode_reply(&entry.prefix, &reply);
         self.transmits.push_back(Transmit::Frame(frame));
         entry.parts += 1;
-        if reply.is_terminal() {
-            self.queries.remove(&id.seq);
-        } else if let Some((after, _)) = &entry.abandon
+        if let Some((after, _)) = &entry.abandon
             && entry.parts >= *after
         {
             self.finish_abandoned(id.seq);
@@ -1063,7 +1091,12 @@ fn encode_reply(prefix: &str, reply: &Reply) -> String {
         }
         Reply::Empty => frame::push_reply(&mut out, prefix, reply.status(), None),
         Reply::Error(e) => {
-            frame::push_reply(&mut out, prefix, reply.status(), Some(e.to_json().as_str()));
+            // Serialized straight into the frame, without an intermediate `Json`.
+            let status = reply.status();
+            out.reserve(frame::reply_len(prefix, status, Some(e.json_len_hint())));
+            frame::push_reply_head(&mut out, prefix, status, true);
+            e.push_json(&mut out);
+            out.push('}');
         }
     }
     out

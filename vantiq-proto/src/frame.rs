@@ -987,15 +987,47 @@ pub(crate) fn reply_prefix(reply_address: &str) -> String {
 
 /// `{"status":N<reply_prefix>[,"body":<body>]}`
 pub(crate) fn push_reply(out: &mut String, prefix: &str, status: Status, body: Option<&str>) {
-    out.reserve(16 + prefix.len() + body.map_or(0, str::len));
-    out.push_str("{\"status\":");
-    push_i64(out, status.0);
-    out.push_str(prefix);
+    // Exact for 3-digit statuses: a frame whose capacity equals its length becomes the
+    // WebSocket message's buffer without another allocation.
+    out.reserve(reply_len(prefix, status, body.map(str::len)));
+    push_reply_head(out, prefix, status, body.is_some());
     if let Some(body) = body {
-        out.push_str(",\"body\":");
         out.push_str(body);
     }
     out.push('}');
+}
+
+/// The length of a reply with a body of `body` bytes (a bound when the status has more than
+/// three digits).
+pub(crate) fn reply_len(prefix: &str, status: Status, body: Option<usize>) -> usize {
+    let digits = if (100..1000).contains(&status.0) {
+        3
+    } else {
+        20
+    };
+    // `{"status":` N prefix [`,"body":` body] `}`
+    10 + digits + prefix.len() + body.map_or(0, |b| 8 + b) + 1
+}
+
+/// `{"status":N<reply_prefix>` and `,"body":` if a body follows.
+pub(crate) fn push_reply_head(out: &mut String, prefix: &str, status: Status, body: bool) {
+    out.push_str("{\"status\":");
+    push_status(out, status.0);
+    out.push_str(prefix);
+    if body {
+        out.push_str(",\"body\":");
+    }
+}
+
+fn push_status(out: &mut String, n: i64) {
+    if let Ok(n @ 100..=999) = u16::try_from(n) {
+        // The common case, without the formatting machinery.
+        for d in [n / 100, n / 10 % 10, n % 10] {
+            out.push(char::from_digit(u32::from(d), 10).unwrap_or('0'));
+        }
+    } else {
+        push_i64(out, n);
+    }
 }
 
 fn push_i64(out: &mut String, n: i64) {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{Status, X_REPLY_ADDRESS};
+use crate::frame::{Status, X_REPLY_ADDRESS, push_json_str};
 use crate::json::Json;
 
 /// Identifies one query of one session of a [`Connection`](crate::Connection).
@@ -70,6 +70,31 @@ impl QueryError {
     #[must_use]
     pub fn to_json(&self) -> Json {
         Json::from_serialize(self).unwrap_or_else(|_| Json::empty_object())
+    }
+
+    /// Appends the JSON body (the text [`QueryError::to_json`] gives) to `out`, without an
+    /// intermediate buffer.
+    pub(crate) fn push_json(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("{\"messageCode\":");
+        push_json_str(out, &self.code);
+        out.push_str(",\"messageTemplate\":");
+        push_json_str(out, &self.template);
+        out.push_str(",\"parameters\":[");
+        for (i, p) in self.parameters.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            // `Value`'s `Display` is its compact JSON text.
+            let _ = write!(out, "{p}");
+        }
+        out.push_str("]}");
+    }
+
+    /// A capacity hint for [`QueryError::push_json`]: exact without parameters and escapes,
+    /// 16 bytes allowed per parameter.
+    pub(crate) fn json_len_hint(&self) -> usize {
+        55 + self.code.len() + self.template.len() + 16 * self.parameters.len()
     }
 }
 
@@ -217,6 +242,45 @@ impl RowChunker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_json_matches_serde() {
+        let odd = "we\"ird\\ \n\t\u{1}\u{7f} é ✓";
+        let errors = [
+            QueryError::new("a.b", "plain {0}", Vec::<serde_json::Value>::new()),
+            QueryError::new(odd, odd, [serde_json::json!(odd), serde_json::json!(1.5)]),
+            QueryError::new(
+                "c",
+                "t",
+                [
+                    serde_json::json!({"k": [1, null, true, "x\u{2028}"]}),
+                    serde_json::json!(-3),
+                ],
+            ),
+        ];
+        for e in errors {
+            let mut out = String::new();
+            e.push_json(&mut out);
+            assert_eq!(out, e.to_json().as_str());
+            if e.parameters.is_empty() && e.code == "a.b" {
+                assert_eq!(out.len(), e.json_len_hint());
+            }
+        }
+    }
+
+    #[test]
+    fn reply_len_is_exact_for_three_digit_statuses() {
+        for (status, body) in [(Status::OK, Some("[{}]")), (Status::NO_CONTENT, None)] {
+            let mut out = String::new();
+            let prefix = crate::frame::reply_prefix("addr");
+            crate::frame::push_reply(&mut out, &prefix, status, body);
+            let len = crate::frame::reply_len(&prefix, status, body.map(str::len));
+            assert_eq!((out.len(), out.capacity()), (len, len), "{out}");
+        }
+        let mut out = String::new();
+        crate::frame::push_reply(&mut out, "", Status(-12_345), None);
+        assert_eq!(out, "{\"status\":-12345}");
+    }
 
     #[test]
     fn overhead_matches_encoding() {
