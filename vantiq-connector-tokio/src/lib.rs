@@ -96,6 +96,8 @@ impl Runtime for Tokio {
     type Timer = TokioTimer;
     type Task = TokioTask;
 
+    const ABSORB_SELF_WAKES: bool = true;
+
     fn connect_tcp(&self, host: String, port: u16) -> BoxFuture<'static, io::Result<Self::Tcp>> {
         Box::pin(async move {
             let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;

@@ -8,16 +8,20 @@
 //! written, the application's channels are not read (their senders wait).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use futures_util::future::CatchUnwind;
+use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt as _, Sink, Stream};
 use rustls::ClientConfig;
 use vantiq_health::{Health, SourceState};
@@ -56,7 +60,7 @@ pub(crate) struct DriverParts<R: Runtime> {
 }
 
 struct Running {
-    future: BoxFuture<'static, std::thread::Result<HandlerResult>>,
+    future: CatchUnwind<AssertUnwindSafe<BoxFuture<'static, HandlerResult>>>,
     kind: &'static str,
     query: Option<QueryId>,
 }
@@ -102,6 +106,36 @@ impl<R: Runtime> Closing<R> {
     }
 }
 
+/// The waker the driver polls everything with when [`Runtime::ABSORB_SELF_WAKES`] is set.
+/// A handler runs inside the driver's task, so when it sends a reply or a notification the
+/// channel wakes that very task; on tokio's multi-threaded runtime a task woken while it
+/// runs is queued again and a parked worker is woken for it: a futex call, a cross-CPU
+/// wake-up and a spurious poll per message. While the driver polls, wakes are only noted
+/// (the driver runs another round of turns instead of returning `Pending`); otherwise they
+/// go to the task's waker.
+#[derive(Default)]
+struct TaskWaker {
+    polling: AtomicBool,
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.task.wake();
+        }
+    }
+}
+
+/// Rounds of turns one poll may run when woken during its own poll, before it yields.
+const ROUNDS: usize = 4;
+
 pub(crate) struct Driver<R: Runtime> {
     runtime: R,
     conn: Connection,
@@ -129,6 +163,8 @@ pub(crate) struct Driver<R: Runtime> {
     outcome: Option<Option<FatalError>>,
     health: Health,
     reading_paused: bool,
+    wake: Arc<TaskWaker>,
+    own_waker: Waker,
 }
 
 fn snippet(data: &[u8]) -> String {
@@ -144,6 +180,8 @@ impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts<R>) -> Self {
         let far = Instant::now() + Duration::from_secs(86_400);
         let timer = parts.runtime.timer(far);
+        let wake = Arc::new(TaskWaker::default());
+        let own_waker = Waker::from(wake.clone());
         let mut d = Driver {
             conn: parts.conn,
             source: parts.source,
@@ -170,18 +208,42 @@ impl<R: Runtime> Driver<R> {
             outcome: None,
             health: parts.health,
             reading_paused: false,
+            wake,
+            own_waker,
             runtime: parts.runtime,
         };
         d.flush_conn(Instant::now());
         d
     }
 
-    /// Runs until the connection has closed and every handler has finished.
-    pub(crate) async fn run(mut self) -> Option<FatalError> {
-        std::future::poll_fn(|cx| self.poll(cx)).await
+    /// Runs until the connection has closed and every handler has finished. The future
+    /// owns the driver once (an `async fn` taking `self` would store it twice).
+    pub(crate) fn run(mut self) -> impl Future<Output = Option<FatalError>> + Send {
+        std::future::poll_fn(move |cx| self.poll(cx))
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<FatalError>> {
+        if !R::ABSORB_SELF_WAKES {
+            return self.poll_turns(cx);
+        }
+        self.wake.task.register(cx.waker());
+        let waker = self.own_waker.clone();
+        let mut own = Context::from_waker(&waker);
+        for _ in 0..ROUNDS {
+            self.wake.polling.store(true, Ordering::SeqCst);
+            self.wake.woken.store(false, Ordering::SeqCst);
+            let r = self.poll_turns(&mut own);
+            self.wake.polling.store(false, Ordering::SeqCst);
+            match r {
+                Poll::Pending if self.wake.woken.swap(false, Ordering::SeqCst) => {}
+                r => return r,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn poll_turns(&mut self, cx: &mut Context<'_>) -> Poll<Option<FatalError>> {
         for _ in 0..TURNS {
             let now = Instant::now();
             let mut progress = self.poll_shutdown(cx, now);
@@ -498,12 +560,12 @@ impl<R: Runtime> Driver<R> {
                 tracing::debug!("handlers are behind: reading paused");
             }
         }
+        let now = Instant::now();
         for _ in 0..READ_BATCH {
             if self.events.len() >= MAX_PENDING_EVENTS {
                 break;
             }
             let Some(ws) = self.ws.as_mut() else { break };
-            let now = Instant::now();
             match Pin::new(ws).poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(msg))) => {
@@ -565,7 +627,7 @@ impl<R: Runtime> Driver<R> {
             _ => return None,
         };
         Some(Running {
-            future: Box::pin(AssertUnwindSafe(future).catch_unwind()),
+            future: AssertUnwindSafe(future).catch_unwind(),
             kind,
             query,
         })
@@ -594,7 +656,7 @@ impl<R: Runtime> Driver<R> {
         let mut progress = false;
         loop {
             if let Some(running) = self.running.as_mut() {
-                let Poll::Ready(result) = running.future.as_mut().poll(cx) else {
+                let Poll::Ready(result) = Pin::new(&mut running.future).poll(cx) else {
                     return progress;
                 };
                 progress = true;

@@ -30,6 +30,12 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// A spawned task; completes when the task does.
     type Task: Future<Output = ()> + Send + Unpin + 'static;
 
+    /// Whether a source's task should absorb the wake-ups it causes itself while it runs
+    /// (a handler sending a reply or a notification to the driver it runs in) instead of
+    /// passing them to the executor. Worth it where waking a running task re-queues it and
+    /// wakes another worker thread (tokio's multi-threaded runtime). Off by default.
+    const ABSORB_SELF_WAKES: bool = false;
+
     /// Opens a TCP connection to `host:port` (resolving the name), with `TCP_NODELAY` set.
     fn connect_tcp(&self, host: String, port: u16) -> BoxFuture<'static, io::Result<Self::Tcp>>;
 

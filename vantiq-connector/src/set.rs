@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_channel::{Receiver, Sender};
+use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 use vantiq_health::{Health, HealthConfig, HealthError};
 use vantiq_proto::{
@@ -410,22 +411,26 @@ impl<R: Runtime> ConnectorSet<R> {
             let first_error = first_error.clone();
             let shutdown = self.shutdown_tx.clone();
             let span = tracing::info_span!("source", name = %name);
-            let task = async move {
-                if let Some(error) = driver.run().await {
-                    let mut slot = match first_error.lock() {
-                        Ok(g) => g,
-                        Err(poisoned) => poisoned.into_inner(),
-                    };
-                    if slot.is_none() {
-                        *slot = Some(ConnectorError::Fatal {
-                            source_name: name,
-                            error,
-                        });
+            // `map`, not an `async` block: a block would hold the driver twice (captured,
+            // then moved into the awaited future).
+            let task = driver
+                .run()
+                .map(move |outcome| {
+                    if let Some(error) = outcome {
+                        let mut slot = match first_error.lock() {
+                            Ok(g) => g,
+                            Err(poisoned) => poisoned.into_inner(),
+                        };
+                        if slot.is_none() {
+                            *slot = Some(ConnectorError::Fatal {
+                                source_name: name,
+                                error,
+                            });
+                        }
+                        shutdown.close();
                     }
-                    shutdown.close();
-                }
-            }
-            .instrument(span);
+                })
+                .instrument(span);
             tasks.push(self.runtime.spawn(Box::pin(task)));
         }
         futures_util::future::join_all(tasks).await;
