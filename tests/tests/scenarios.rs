@@ -608,8 +608,13 @@ async fn rejected_token_ends_run<R: TestRuntime>() {
         err.to_string()
             .contains("authentication rejected by the server: status 401")
     );
-    // One attempt per source, no retries.
-    assert_eq!(kit.server().auth_attempts(), 2);
+    // No retries: at most one attempt per source. The first rejection is fatal and stops the
+    // set, so the other source may never have tried.
+    let attempts = kit.server().auth_attempts();
+    assert!(
+        (1..=2).contains(&attempts),
+        "{attempts} authentication attempts"
+    );
     assert!(started.elapsed() < WAIT);
 }
 
