@@ -13,6 +13,9 @@
 //! vantiq-bench criterion DIR      # only the micro-benchmark table
 //! ```
 //!
+//! The smol connectors run with `SMOL_THREADS` = `--smol-threads` (default 1, smol's own
+//! default: one thread for the global executor, besides the `block_on` thread).
+//!
 //! Binaries default to the ones next to this one (`examples/echo_tokio`,
 //! `examples/echo_smol`, `raw-echo`); without `--python` the Python SDK is skipped.
 //! `scripts/bench.sh` builds everything and passes the right paths.
@@ -63,7 +66,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         tokio: None,
         smol: None,
         raw: None,
-        smol_threads: "2".to_owned(),
+        smol_threads: "1".to_owned(),
         python: None,
         python_script: None,
         criterion: None,
