@@ -387,6 +387,23 @@ pub enum Cuts<'a> {
 }
 
 impl Cuts<'_> {
+    /// For a violation's message: the sessions a run's numbers were published on.
+    fn detail(&self, next: u64, k: u64) -> String {
+        match *self {
+            Cuts::Published { published, .. } => {
+                let brackets: Vec<String> = (next..=k)
+                    .filter_map(|n| {
+                        published
+                            .get(n as usize)
+                            .map(|p| format!("{n}:{}-{}", p.0, p.1))
+                    })
+                    .collect();
+                format!(" (published on sessions {})", brackets.join(" "))
+            }
+            _ => String::new(),
+        }
+    }
+
     /// How many numbers a run `next..k` between sockets `conn` and `c` may lose, or why
     /// none.
     fn allowance(&self, next: u64, k: u64, conn: u64, c: u64) -> Result<u64, String> {
@@ -478,7 +495,8 @@ pub fn check_stream(
                     fig.lost += missing;
                     violations.push(format!(
                         "{name}: {next}..{k} ({missing}) missing across sockets {conn}->{c}, \
-                         more than the {allowed} the cuts there can explain"
+                         more than the {allowed} the cuts there can explain{}",
+                        cuts.detail(next, k)
                     ));
                 }
                 Err(why) => {
@@ -567,7 +585,6 @@ struct Epoch {
     a_floor: AtomicU64,
     p_budget: AtomicU64,
     p_sent: AtomicU64,
-    p_floor: AtomicU64,
     /// Per published number: the server's session count before and after its publish.
     p_sessions: Mutex<Vec<(u64, u64)>>,
     queries: Mutex<Vec<QueryRecord>>,
@@ -584,7 +601,6 @@ impl Epoch {
             a_floor: AtomicU64::new(0),
             p_budget: AtomicU64::new(0),
             p_sent: AtomicU64::new(0),
-            p_floor: AtomicU64::new(0),
             p_sessions: Mutex::new(Vec::new()),
             queries: Mutex::new(Vec::new()),
         })
@@ -672,13 +688,22 @@ async fn produce(source: Source, epoch: Arc<Epoch>, window: u64) {
     }
 }
 
-/// Stream P: publishes within the budget and the window (on the server's runtime).
+/// Stream P: publishes within the budget and the window (on the server's runtime). The
+/// window starts again with each session, at the first number published on it: at most one
+/// window per session can be lost with it, which the check relies on.
 async fn publish(h: SourceHandle, epoch: Arc<Epoch>, window: u64) {
     let mut k = 0u64;
+    // The session of the last publish, and the first number published on it.
+    let mut session = h.connections();
+    let mut floor = 0u64;
     loop {
         epoch
             .wait(|e, s| {
-                let base = s.p_next.max(e.p_floor.load(Ordering::Acquire));
+                let base = if h.connections() == session {
+                    s.p_next.max(floor)
+                } else {
+                    k
+                };
                 e.stopped() || (k < e.p_budget.load(Ordering::Acquire) && k < base + window)
             })
             .await;
@@ -686,6 +711,10 @@ async fn publish(h: SourceHandle, epoch: Arc<Epoch>, window: u64) {
             return;
         }
         let before = h.connections();
+        if before != session {
+            session = before;
+            floor = k;
+        }
         match h.publish(Json::from(json!({ "p": k }))).await {
             Ok(()) => {
                 let after = h.connections();
@@ -1103,9 +1132,6 @@ async fn run_epoch<R: TestRuntime>(
             epoch
                 .a_floor
                 .store(epoch.a_sent.load(Ordering::Acquire), Ordering::Release);
-            epoch
-                .p_floor
-                .store(epoch.p_sent.load(Ordering::Acquire), Ordering::Release);
             epoch.bump();
             report.slowest_reconnect_ms = report
                 .slowest_reconnect_ms
