@@ -32,7 +32,7 @@ use vantiq_proto::{
 use crate::handler::{DynHandler, HandlerResult};
 use crate::query::{Query, dropped_error, handler_failed_error};
 use crate::runtime::{BoxFuture, Runtime, Timer};
-use crate::source::{Abandon, ReplyCmd, Source, SourceChannels};
+use crate::source::{Abandon, Source, SourceChannels};
 use crate::transport::{self, Ws};
 
 /// Events waiting for the handler before the socket stops being read.
@@ -140,8 +140,6 @@ pub(crate) struct Driver<R: Runtime> {
     runtime: R,
     conn: Connection,
     source: Source,
-    notify_rx: Pin<Box<Receiver<Json>>>,
-    reply_rx: Pin<Box<Receiver<ReplyCmd>>>,
     abandon_rx: Pin<Box<Receiver<Abandon>>>,
     shutdown_rx: Pin<Box<Receiver<()>>>,
     shutting_down: bool,
@@ -176,6 +174,15 @@ fn snippet(data: &[u8]) -> String {
     }
 }
 
+/// However the driver ends (its task dropped, too), handles waiting to send learn that
+/// nothing will take their values.
+impl<R: Runtime> Drop for Driver<R> {
+    fn drop(&mut self) {
+        self.source.0.notifications.close();
+        self.source.0.replies.close();
+    }
+}
+
 impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts<R>) -> Self {
         let far = Instant::now() + Duration::from_secs(86_400);
@@ -185,8 +192,6 @@ impl<R: Runtime> Driver<R> {
         let mut d = Driver {
             conn: parts.conn,
             source: parts.source,
-            notify_rx: Box::pin(parts.channels.notify_rx),
-            reply_rx: Box::pin(parts.channels.reply_rx),
             abandon_rx: Box::pin(parts.channels.abandon_rx),
             shutdown_rx: Box::pin(parts.shutdown),
             shutting_down: false,
@@ -380,8 +385,8 @@ impl<R: Runtime> Driver<R> {
                         "queued notifications could not be delivered before the close deadline"
                     );
                 }
-                self.notify_rx.close();
-                self.reply_rx.close();
+                self.source.0.notifications.close();
+                self.source.0.replies.close();
                 self.outcome = Some(error);
             }
             other => self.events.push_back(other),
@@ -429,11 +434,11 @@ impl<R: Runtime> Driver<R> {
                 self.shutting_down = true;
                 // Notifications already handed over go first.
                 while self.conn.can_notify() {
-                    match self.notify_rx.try_recv() {
-                        Ok(json) => {
+                    match self.source.0.notifications.try_recv() {
+                        Some(json) => {
                             let _ = self.conn.notify(json);
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 tracing::info!("shutting down");
@@ -482,7 +487,7 @@ impl<R: Runtime> Driver<R> {
             self.flush_conn(now);
         }
         while self.outbox.len() < MAX_OUTBOX {
-            match self.reply_rx.as_mut().poll_next(cx) {
+            match self.source.0.replies.poll_recv(cx) {
                 Poll::Ready(Some(cmd)) => {
                     progress = true;
                     if let Err(e) = self.conn.respond(cmd.id, cmd.reply) {
@@ -494,7 +499,7 @@ impl<R: Runtime> Driver<R> {
             }
         }
         while self.outbox.len() < MAX_OUTBOX && self.conn.can_notify() {
-            match self.notify_rx.as_mut().poll_next(cx) {
+            match self.source.0.notifications.poll_recv(cx) {
                 Poll::Ready(Some(json)) => {
                     progress = true;
                     if let Err(e) = self.conn.notify(json) {

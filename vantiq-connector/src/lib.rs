@@ -58,6 +58,7 @@
 mod driver;
 pub mod echo;
 mod handler;
+mod lane;
 mod query;
 mod runtime;
 mod set;

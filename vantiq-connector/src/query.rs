@@ -156,7 +156,7 @@ impl Query {
         let terminal = reply.is_terminal();
         self.source
             .0
-            .reply_tx
+            .replies
             .send(ReplyCmd { id: self.id, reply })
             .await
             .map_err(|_| ReplyError::Closed)?;

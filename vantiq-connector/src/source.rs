@@ -4,9 +4,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::{Receiver, Sender};
 use event_listener::Event as Signal;
 use serde::Serialize;
+
+use crate::lane::{Lane, TrySendError};
 use vantiq_proto::{ConnectionState, Json, QueryId, Reply};
 
 /// Capacity of a source's notification channel. Small on purpose: each slot is allocated up
@@ -68,16 +70,14 @@ pub(crate) struct SourceShared {
     session: AtomicU64,
     config: Mutex<Option<Json>>,
     changed: Signal,
-    pub(crate) notify_tx: Sender<Json>,
-    pub(crate) reply_tx: Sender<ReplyCmd>,
+    pub(crate) notifications: Lane<Json>,
+    pub(crate) replies: Lane<ReplyCmd>,
     pub(crate) abandon_tx: Sender<Abandon>,
     pub(crate) chunk_bytes: usize,
 }
 
 /// The receiving ends, taken by the driver when the set runs.
 pub(crate) struct SourceChannels {
-    pub(crate) notify_rx: Receiver<Json>,
-    pub(crate) reply_rx: Receiver<ReplyCmd>,
     pub(crate) abandon_rx: Receiver<Abandon>,
 }
 
@@ -120,8 +120,6 @@ impl fmt::Debug for Source {
 
 impl Source {
     pub(crate) fn new(name: String, chunk_bytes: usize) -> (Source, SourceChannels) {
-        let (notify_tx, notify_rx) = async_channel::bounded(NOTIFY_CHANNEL);
-        let (reply_tx, reply_rx) = async_channel::bounded(REPLY_CHANNEL);
         let (abandon_tx, abandon_rx) = async_channel::unbounded();
         let shared = SourceShared {
             name,
@@ -129,19 +127,12 @@ impl Source {
             session: AtomicU64::new(0),
             config: Mutex::new(None),
             changed: Signal::new(),
-            notify_tx,
-            reply_tx,
+            notifications: Lane::new(NOTIFY_CHANNEL),
+            replies: Lane::new(REPLY_CHANNEL),
             abandon_tx,
             chunk_bytes,
         };
-        (
-            Source(Arc::new(shared)),
-            SourceChannels {
-                notify_rx,
-                reply_rx,
-                abandon_rx,
-            },
-        )
+        (Source(Arc::new(shared)), SourceChannels { abandon_rx })
     }
 
     /// The source name.
@@ -208,7 +199,7 @@ impl Source {
             return Err(NotifyError::NotAnObject);
         }
         self.0
-            .notify_tx
+            .notifications
             .send(json)
             .await
             .map_err(|_| NotifyError::Closed)
@@ -223,7 +214,7 @@ impl Source {
         if !json.is_object() {
             return Err(NotifyError::NotAnObject.into());
         }
-        self.0.notify_tx.try_send(json).map_err(|e| match e {
+        self.0.notifications.try_send(json).map_err(|e| match e {
             TrySendError::Full(j) => TryNotifyError::Full(j),
             TrySendError::Closed(_) => NotifyError::Closed.into(),
         })
