@@ -58,7 +58,7 @@ if [ $python = 1 ]; then
     fi
   fi
   if [ $python = 1 ]; then
-    args+=(--python "$venv/bin/python" --python-script "$root/bench/python/echo_connector.py")
+    args+=(--python "$venv/bin/python" --python-script "$root/vantiq-testkit/tests/python/echo_connector.py")
     PYTHON_VERSION="$("$venv/bin/python" --version 2>&1), vantiqconnectorsdk $("$venv/bin/python" -c \
       'import importlib.metadata as m; print(m.version("vantiqconnectorsdk"), "+ websockets", m.version("websockets"))')"
     export PYTHON_VERSION

@@ -181,7 +181,7 @@ async fn python_sdk_connector_interoperates_with_the_devserver() {
     let (next, echoes) = notifications(addr, next, 100).await;
     assert_eq!(next, 101);
     let expected: Vec<Value> = (0..100)
-        .map(|i| json!({"echo": {"seq": i, "text": format!("m{i}")}}))
+        .map(|i| json!({"seq": i, "text": format!("m{i}")}))
         .collect();
     assert_eq!(echoes, expected);
 
@@ -194,7 +194,7 @@ async fn python_sdk_connector_interoperates_with_the_devserver() {
     assert_eq!(result, json!({"status": 204, "rows": [], "parts": 1}));
 
     // 4. A query error.
-    let result = query(addr, json!({"fail": "no such table"})).await;
+    let result = query(addr, json!({"error": "no such table"})).await;
     assert_eq!(
         result,
         json!({
@@ -202,8 +202,8 @@ async fn python_sdk_connector_interoperates_with_the_devserver() {
             "rows": [],
             "parts": 1,
             "error": {
-                "messageCode": "io.vantiq.testkit.echo.failed",
-                "messageTemplate": "The query failed: {0}",
+                "messageCode": "echo.error",
+                "messageTemplate": "Echo error: {0}",
                 "parameters": ["no such table"]
             }
         })
@@ -241,7 +241,7 @@ async fn python_sdk_connector_interoperates_with_the_devserver() {
     .await;
     assert_eq!(resp.status, 202);
     let (_, last) = notifications(addr, next, 1).await;
-    assert_eq!(last, vec![json!({"echo": {"after": "reconnect"}})]);
+    assert_eq!(last, vec![json!({"after": "reconnect"})]);
     let result = query(addr, json!({"rows": 1})).await;
     assert_eq!(
         result,

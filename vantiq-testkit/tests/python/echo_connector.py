@@ -1,17 +1,22 @@
-"""A small connector on the published Python SDK (`pip install vantiqconnectorsdk`), used by
-vantiq-testkit/tests/python_sdk.rs to prove the test server against a client no one here wrote.
+"""The echo contract (vantiq-connector/src/echo.rs) on the published Python SDK
+(`pip install vantiqconnectorsdk`): a client no one here wrote. Used by
+vantiq-testkit/tests/python_sdk.rs (interop with the test server) and by the benchmark
+harness (bench/, scripts/bench.sh).
 
-Run it in a directory holding serverConfig/server.config. It:
-  * on connect, notifies {"connected": true, "config": <the configuration received>};
-  * on publish, notifies {"echo": <the published object>};
-  * on query, answers according to the WITH parameters:
-      {"fail": X}            -> query error (code io.vantiq.testkit.echo.failed, parameters [X])
-      {"rows": N, "chunk": M} -> rows {"i": 0} .. {"i": N-1}, in partial (100) replies of M rows
-                                 and a final (200) reply; N = 0 -> an empty (204) reply
+Run it in a directory holding serverConfig/server.config:
+  * on connect with configuration C: notification {"connected": true, "config": C};
+  * publish {"burst": N, "payload": P}: N notifications {"seq": i, "payload": P} in order;
+    any other publish O: one notification equal to O;
+  * query {"rows": N, "chunk": K}: rows {"i": 0}.. as partial (100) replies of K rows, the
+    last chunk as the final (200) reply; without chunk one 200 reply with all rows;
+    N = 0: an empty (204) reply;
+  * query {"error": M}: error reply echo.error, "Echo error: {0}", parameters [M].
+
+The harness's server.config for this connector has no sendPings key (the SDK turns pings on
+when the key is present at all).
 """
 
 import asyncio
-import sys
 
 from vantiqconnectorsdk import (
     VantiqConnector,
@@ -20,10 +25,7 @@ from vantiqconnectorsdk import (
 )
 
 connector_set = None
-
-
-def log(*args):
-    print("echo_connector:", *args, file=sys.stderr, flush=True)
+_background = set()
 
 
 def connection_for(ctx):
@@ -31,53 +33,63 @@ def connection_for(ctx):
 
 
 async def handle_close(ctx):
-    log("closed", ctx)
+    pass
 
 
 async def handle_connect(ctx, config):
-    log("connected", ctx, config)
     conn = connection_for(ctx)
     # The SDK marks the connection ready only after this handler returns, and
-    # send_notification waits for that: send from a separate task.
-    asyncio.get_running_loop().create_task(
+    # send_notification waits for that: send from a task of its own.
+    task = asyncio.get_running_loop().create_task(
         conn.send_notification({"connected": True, "config": config})
     )
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 async def handle_publish(ctx, message):
-    await connection_for(ctx).send_notification({"echo": message})
+    conn = connection_for(ctx)
+    if isinstance(message, dict) and isinstance(message.get("burst"), int):
+        payload = message.get("payload")
+        for seq in range(message["burst"]):
+            await conn.send_notification({"seq": seq, "payload": payload})
+    else:
+        await conn.send_notification(message)
 
 
 async def handle_query(ctx, params):
     conn = connection_for(ctx)
     params = params or {}
-    if "fail" in params:
+    if "error" in params:
         await conn.send_query_error(ctx, {
-            VantiqConnector.ERROR_CODE: "io.vantiq.testkit.echo.failed",
-            VantiqConnector.ERROR_TEMPLATE: "The query failed: {0}",
-            VantiqConnector.ERROR_PARAMETERS: [params["fail"]],
+            VantiqConnector.ERROR_CODE: "echo.error",
+            VantiqConnector.ERROR_TEMPLATE: "Echo error: {0}",
+            VantiqConnector.ERROR_PARAMETERS: [params["error"]],
         })
         return
-    total = int(params.get("rows", 0))
-    chunk = max(1, int(params.get("chunk", total or 1)))
+    total = int(params.get("rows") or 0)
     if total == 0:
         await conn.send_query_response(ctx, VantiqConnector.QUERY_EMPTY, None)
         return
-    rows = [{"i": i} for i in range(total)]
-    while len(rows) > chunk:
-        await conn.send_query_response(ctx, VantiqConnector.QUERY_PARTIAL, rows[:chunk])
-        rows = rows[chunk:]
+    chunk = int(params.get("chunk") or 0)
+    if chunk <= 0:
+        chunk = total
+    start = 0
+    while start + chunk < total:
+        rows = [{"i": i} for i in range(start, start + chunk)]
+        await conn.send_query_response(ctx, VantiqConnector.QUERY_PARTIAL, rows)
+        start += chunk
+    rows = [{"i": i} for i in range(start, total)]
     await conn.send_query_response(ctx, VantiqConnector.QUERY_COMPLETE, rows)
 
 
 async def main():
     global connector_set
-    setup_logging()  # mandatory before VantiqConnectorSet() (SDK bug B10)
+    setup_logging()  # must come before VantiqConnectorSet()
     connector_set = VantiqConnectorSet()
     connector_set.configure_handlers_for_all(
         handle_close, handle_connect, handle_publish, handle_query
     )
-    log("starting for sources", connector_set.get_sources())
     await connector_set.run_connectors()
 
 
