@@ -196,16 +196,27 @@ mod tests {
 
     #[test]
     fn close_releases_a_waiting_sender() {
-        let lane = Arc::new(Lane::new(1));
+        let lane = Lane::new(1);
         lane.try_send(0).unwrap();
-        let waiting = {
-            let lane = lane.clone();
-            std::thread::spawn(move || futures_executor_block_on(lane.send(1)))
-        };
-        // The sender may or may not have started waiting; either way it must end.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut send = std::pin::pin!(lane.send(1));
+        // Full: the sender waits for room.
+        assert_eq!(send.as_mut().poll(&mut cx), Poll::Pending);
         lane.close();
-        assert_eq!(waiting.join().unwrap(), Err(1));
+        assert_eq!(send.as_mut().poll(&mut cx), Poll::Ready(Err(1)));
         assert_eq!(lane.try_recv(), Some(0));
+    }
+
+    #[test]
+    fn a_waiting_sender_gets_the_room_a_receive_makes() {
+        let lane = Lane::new(1);
+        lane.try_send(0).unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut send = std::pin::pin!(lane.send(1));
+        assert_eq!(send.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(lane.try_recv(), Some(0));
+        assert_eq!(send.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+        assert_eq!(lane.try_recv(), Some(1));
     }
 
     /// A minimal `block_on` on the current thread (parks until woken).
