@@ -496,10 +496,10 @@ pub fn run_script(data: &[u8]) -> Observed {
                 c.handshake_timeout = Duration::from_secs(1);
                 c.close_timeout = Duration::from_millis(100);
                 if fast_pings {
-                    c.keepalive = Some(KeepAlive {
-                        interval: Duration::from_millis(10),
-                        timeout: Duration::from_millis(50),
-                    });
+                    c.keepalive = Some(KeepAlive::new(
+                        Duration::from_millis(10),
+                        Duration::from_millis(50),
+                    ));
                 }
             });
         set.transport_options().max_message_size = Some(MAX_MESSAGE);

@@ -297,6 +297,10 @@ impl Runtime for MemRuntime {
         })
     }
 
+    fn now(&self) -> Instant {
+        Smol.now()
+    }
+
     fn timer(&self, deadline: Instant) -> SmolTimer {
         Smol.timer(deadline)
     }

@@ -122,10 +122,7 @@ impl Plan {
             duration: None,
             window_a: 100,
             window_p: 10,
-            keepalive: KeepAlive {
-                interval: Duration::from_millis(200),
-                timeout: Duration::from_millis(600),
-            },
+            keepalive: KeepAlive::new(Duration::from_millis(200), Duration::from_millis(600)),
             query_timeout: Duration::from_secs(3),
             rss_budget_kib: 64 * 1024,
             verbose: std::env::var_os("VANTIQ_FAULT_VERBOSE").is_some(),

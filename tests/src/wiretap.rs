@@ -57,6 +57,10 @@ impl<R: TestRuntime> Runtime for Wiretap<R> {
         })
     }
 
+    fn now(&self) -> Instant {
+        self.inner.now()
+    }
+
     fn timer(&self, deadline: Instant) -> R::Timer {
         self.inner.timer(deadline)
     }

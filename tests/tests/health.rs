@@ -121,6 +121,8 @@ async fn automatic_mode_follows_the_sources<R: TestRuntime>() {
     let running = start(set);
     until_state(&kit, &alpha, |s| s == ConnectionState::Configured).await;
     until_state(&kit, &beta, |s| s == ConnectionState::Configured).await;
+    // Health applies source changes in the background (never inside the driver's poll).
+    assert!(health.wait_settled(vantiq_e2e::WAIT));
     assert_eq!(health.is_healthy(), Some(true));
     let tcp = health.tcp_probe_port().unwrap();
     let http = health.http_probe_port().unwrap();
@@ -132,6 +134,7 @@ async fn automatic_mode_follows_the_sources<R: TestRuntime>() {
     a.handle().refuse_connects(1_000);
     a.drop_connection().await;
     until_state(&kit, &alpha, |s| s != ConnectionState::Configured).await;
+    assert!(health.wait_settled(vantiq_e2e::WAIT));
     assert_eq!(health.is_healthy(), Some(false));
     assert!(!tcp_open(tcp));
     assert_eq!(
@@ -144,6 +147,7 @@ async fn automatic_mode_follows_the_sources<R: TestRuntime>() {
     // Let it back in: ready again, on a TCP port of its own choosing (port 0).
     a.handle().refuse_connects(0);
     until_state(&kit, &alpha, |s| s == ConnectionState::Configured).await;
+    assert!(health.wait_settled(vantiq_e2e::WAIT));
     assert_eq!(health.is_healthy(), Some(true));
     assert!(tcp_open(health.tcp_probe_port().unwrap()));
     assert_eq!(get(http, "/readyz").0, 200);

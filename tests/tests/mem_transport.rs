@@ -222,10 +222,10 @@ fn a_dead_link_is_detected_while_the_handler_is_behind() {
         let set = ConnectorSet::with_runtime(runtime, config)
             .handler(vantiq_connector::echo::Echo::without_health())
             .connection_config(|c| {
-                c.keepalive = Some(vantiq_connector::KeepAlive {
-                    interval: Duration::from_millis(50),
-                    timeout: Duration::from_millis(100),
-                });
+                c.keepalive = Some(vantiq_connector::KeepAlive::new(
+                    Duration::from_millis(50),
+                    Duration::from_millis(100),
+                ));
                 c.backoff.initial = Duration::from_millis(5);
                 c.backoff.max = Duration::from_millis(20);
                 c.close_timeout = Duration::from_millis(100);

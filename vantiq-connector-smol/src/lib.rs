@@ -51,6 +51,8 @@ impl Timer for SmolTimer {
     }
 }
 
+/// Tasks are smol's: dropping one cancels it, so dropping a connector set's `run` future
+/// leaves nothing running.
 impl Runtime for Smol {
     type Tcp = async_net::TcpStream;
     type Timer = SmolTimer;
@@ -62,6 +64,10 @@ impl Runtime for Smol {
             stream.set_nodelay(true)?;
             Ok(stream)
         })
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
     }
 
     fn timer(&self, deadline: Instant) -> SmolTimer {

@@ -72,20 +72,28 @@ impl Timer for TokioTimer {
     }
 }
 
-/// A spawned tokio task; a task that panicked is logged.
+/// A spawned tokio task; a task that panicked is logged. Dropping it aborts the task, so that
+/// dropping a connector set's `run` future leaves nothing running (a plain `JoinHandle`
+/// would detach it).
 #[derive(Debug)]
 pub struct TokioTask(tokio::task::JoinHandle<()>);
+
+impl Drop for TokioTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 impl std::future::Future for TokioTask {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match Pin::new(&mut self.0).poll(cx) {
-            Poll::Ready(Err(e)) => {
+            Poll::Ready(Err(e)) if e.is_panic() => {
                 tracing::error!(error = %e, "a connector task ended abnormally");
                 Poll::Ready(())
             }
-            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(_) => Poll::Ready(()),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -104,6 +112,12 @@ impl Runtime for Tokio {
             stream.set_nodelay(true)?;
             Ok(TokioAdapter::new(stream))
         })
+    }
+
+    /// Tokio's clock: with tokio's paused time (`start_paused`, `tokio::time::pause`), every
+    /// deadline of the SDK runs on virtual time.
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
     }
 
     fn timer(&self, deadline: Instant) -> TokioTimer {

@@ -21,6 +21,7 @@
 //! #     type Timer = NoTimer;
 //! #     type Task = futures_util::future::Ready<()>;
 //! #     fn connect_tcp(&self, _: String, _: u16) -> vantiq_connector::BoxFuture<'static, std::io::Result<Self::Tcp>> { unimplemented!() }
+//! #     fn now(&self) -> std::time::Instant { unimplemented!() }
 //! #     fn timer(&self, _: std::time::Instant) -> NoTimer { NoTimer }
 //! #     fn spawn(&self, _: vantiq_connector::BoxFuture<'static, ()>) -> Self::Task { unimplemented!() }
 //! # }
@@ -55,6 +56,7 @@
 //! }
 //! ```
 
+mod command;
 mod driver;
 pub mod echo;
 mod handler;
@@ -63,16 +65,18 @@ mod query;
 mod runtime;
 mod set;
 mod source;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 mod transport;
 
 pub use handler::{Handler, HandlerError, HandlerResult};
-pub use query::{DROPPED_CODE, HANDLER_FAILED_CODE, NO_HANDLER_CODE, Query, ReplyError};
+pub use query::{DROPPED_CODE, HANDLER_FAILED_CODE, NO_HANDLER_CODE, Query};
 pub use runtime::{BoxFuture, Runtime, Timer};
 pub use set::{
     ConnectorError, ConnectorSet, ShutdownHandle, load_config_file, load_config_from_dir,
 };
 pub use source::{NotifyError, Source, Stopped, TryNotifyError};
-pub use transport::{MaybeTls, TransportOptions, Ws, tls_config};
+pub use transport::TransportOptions;
 
 /// Certificate types for [`TransportOptions::extra_root_certificates`].
 pub use rustls_pki_types::{CertificateDer, pem::PemObject};
@@ -81,6 +85,6 @@ pub use vantiq_health::{Health, HealthConfig, HealthError, Readiness, SourceStat
 pub use vantiq_proto as proto;
 pub use vantiq_proto::{
     Backoff, ConfigError, ConnectionConfig, ConnectionState, Credentials, DisconnectReason,
-    Failure, FatalError, Json, KeepAlive, Properties, QueryError, QueryId, Secret, ServerConfig,
-    TargetUrl,
+    Failure, FatalError, Json, KeepAlive, Limits, Properties, QueryError, QueryId, ReplyError,
+    Secret, ServerConfig, TargetUrl,
 };

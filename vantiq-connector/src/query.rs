@@ -1,14 +1,16 @@
 //! [`Query`]: the handle through which a query is answered.
 
 use std::fmt;
+use std::sync::Arc;
 
 use futures_core::Stream;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use vantiq_proto::{Json, QueryError, QueryId, Reply, RowChunker, reply_overhead};
+use vantiq_proto::{Json, QueryError, QueryId, Reply, ReplyError, RowChunker, reply_overhead};
 
-use crate::source::{Abandon, ReplyCmd, Source};
+use crate::command::{Command, QueryLink};
+use crate::source::Source;
 
 /// Code of the error sent for a query when no query handler is set.
 pub const NO_HANDLER_CODE: &str = "io.vantiq.connector.noQueryHandler";
@@ -41,37 +43,25 @@ pub(crate) fn dropped_error(source: &str) -> QueryError {
     )
 }
 
-/// Why a reply was not sent.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReplyError {
-    /// The session the query came in has ended; Vantiq no longer waits for the reply.
-    #[error("the session of this query has ended; the reply was not sent")]
-    SessionEnded,
-    /// Rows must be a JSON object or an array of objects.
-    #[error("query rows must be a JSON object or an array of objects")]
-    InvalidRows,
-    /// The rows could not be serialized.
-    #[error("the rows could not be serialized: {0}")]
-    Serialize(#[from] serde_json::Error),
-    /// The connector has stopped.
-    #[error("the connector for this source has stopped")]
-    Closed,
-}
-
 /// One query awaiting replies: any number of partial replies, then exactly one final reply
 /// (rows, empty, or error).
 ///
+/// Each reply returns the connection's verdict: `Ok` once the reply is queued for the
+/// socket, or why it was refused ([`ReplyError::SessionEnded`] when the session the query
+/// came in has ended, [`ReplyError::InvalidRows`], …).
+///
 /// Dropping a `Query` before its final reply answers it with the error
-/// `io.vantiq.connector.queryDropped` (or, when the handler returned an error,
-/// `io.vantiq.connector.queryFailed` with the error's text), so the VAIL caller never waits
-/// for its timeout. A `Query` is `Send + 'static`: move it into a task to answer later.
+/// `io.vantiq.connector.queryDropped` (or, when the handler it was given to returned an
+/// error or panicked, `io.vantiq.connector.queryFailed` with the error's text), so the VAIL
+/// caller never waits for its timeout. A `Query` is `Send + 'static`: move it into a task
+/// to answer later.
 pub struct Query {
     id: QueryId,
     params: Json,
     reply_address: String,
     source: Source,
-    parts: u64,
+    link: Arc<QueryLink>,
+    parts: u32,
     finished: bool,
     chunk_bytes: usize,
 }
@@ -90,13 +80,20 @@ impl fmt::Debug for Query {
 }
 
 impl Query {
-    pub(crate) fn new(id: QueryId, params: Json, reply_address: String, source: Source) -> Self {
+    pub(crate) fn new(
+        id: QueryId,
+        params: Json,
+        reply_address: String,
+        source: Source,
+        link: Arc<QueryLink>,
+    ) -> Self {
         let chunk_bytes = source.0.chunk_bytes;
         Query {
             id,
             params,
             reply_address,
             source,
+            link,
             parts: 0,
             finished: false,
             chunk_bytes,
@@ -138,7 +135,7 @@ impl Query {
     /// Replies sent so far.
     #[must_use]
     pub fn parts_sent(&self) -> u64 {
-        self.parts
+        u64::from(self.parts)
     }
 
     /// Sets the byte budget of each reply frame used by [`Query::stream`] (default:
@@ -147,33 +144,38 @@ impl Query {
         self.chunk_bytes = bytes.max(256);
     }
 
+    /// Hands `reply` to the driver, in order with everything else of this source, and waits
+    /// for the connection's verdict on it.
     async fn send(&mut self, reply: Reply) -> Result<(), ReplyError> {
-        if self.source.session() != self.id.session() {
-            // Nothing more can reach the server for this query: do not report it dropped.
-            self.finished = true;
-            return Err(ReplyError::SessionEnded);
-        }
         let terminal = reply.is_terminal();
-        self.source
-            .0
-            .replies
-            .send(ReplyCmd { id: self.id, reply })
-            .await
-            .map_err(|_| ReplyError::Closed)?;
         self.parts += 1;
-        if terminal {
+        let seq = self.parts;
+        let cmd = Command::Reply {
+            id: self.id,
+            reply,
+            link: self.link.clone(),
+            seq,
+        };
+        if self.source.0.commands.send(cmd).await.is_err() {
             self.finished = true;
+            return Err(ReplyError::Closed);
         }
-        Ok(())
+        let verdict = std::future::poll_fn(|cx| self.link.poll_verdict(seq, cx)).await;
+        // Finished when the final reply went out, or when nothing more can reach the server
+        // for this query (then it is not reported dropped either). A refused final reply
+        // (rows of the wrong shape) leaves the query open: dropping it answers it.
+        self.finished |= match &verdict {
+            Ok(()) => terminal,
+            Err(e) => matches!(
+                e,
+                ReplyError::SessionEnded | ReplyError::Closed | ReplyError::QueryFinished
+            ),
+        };
+        verdict
     }
 
     fn rows<T: Serialize + ?Sized>(rows: &T) -> Result<Json, ReplyError> {
-        let json = Json::from_serialize(rows)?;
-        if json.is_object() || json.is_array() {
-            Ok(json)
-        } else {
-            Err(ReplyError::InvalidRows)
-        }
+        Json::from_serialize(rows).map_err(|e| ReplyError::Serialize(e.to_string()))
     }
 
     /// Sends rows (an object or a sequence of objects) with more to come (status 100).
@@ -199,9 +201,6 @@ impl Query {
     /// # Errors
     /// See [`ReplyError`].
     pub async fn partial_json(&mut self, rows: Json) -> Result<(), ReplyError> {
-        if !(rows.is_object() || rows.is_array()) {
-            return Err(ReplyError::InvalidRows);
-        }
         self.send(Reply::Partial(rows)).await
     }
 
@@ -210,9 +209,6 @@ impl Query {
     /// # Errors
     /// See [`ReplyError`].
     pub async fn complete_json(mut self, rows: Json) -> Result<(), ReplyError> {
-        if !(rows.is_object() || rows.is_array()) {
-            return Err(ReplyError::InvalidRows);
-        }
         self.send(Reply::Complete(rows)).await
     }
 
@@ -283,16 +279,13 @@ impl Query {
         chunks: &mut Chunks,
         row: &T,
     ) -> Result<(), ReplyError> {
-        let row = Json::from_serialize(row)?;
-        if !row.is_object() {
-            return Err(ReplyError::InvalidRows);
-        }
-        chunks.rows += 1;
-        if let Some(full) = chunks.chunker.push(row.as_str())
+        let row = Self::rows(row)?;
+        if let Some(full) = chunks.chunker.push(&row)?
             && let Some(prev) = chunks.pending.replace(full)
         {
             self.send(Reply::Partial(prev)).await?;
         }
+        chunks.rows += 1;
         Ok(())
     }
 
@@ -328,12 +321,18 @@ impl Chunks {
 
 impl Drop for Query {
     fn drop(&mut self) {
-        if !self.finished {
-            // Unbounded: never blocks, never fails while the driver runs.
-            let _ = self.source.0.abandon_tx.try_send(Abandon {
-                id: self.id,
-                parts: self.parts,
-            });
+        if self.finished || self.link.dropped_in_handler() {
+            // Finished, or the handler it was given to still runs: the driver answers it when
+            // the handler ends (with the handler's error, if it fails).
+            return;
         }
+        // Ordered after every reply sent before; never waits, never refused while the driver
+        // runs (a closed queue means nobody is left to answer).
+        let error = dropped_error(self.source.name());
+        let _ = self
+            .source
+            .0
+            .commands
+            .push_unbounded(Command::Abandon { id: self.id, error });
     }
 }

@@ -1,4 +1,5 @@
-//! The small surface an async runtime must provide: TCP connect, a resettable timer, spawn.
+//! The small surface an async runtime must provide: TCP connect, a clock with a resettable
+//! timer, spawn.
 //!
 //! Everything else — TLS (futures-rustls), the WebSocket (async-tungstenite), the driver loop,
 //! handlers — is written once, here, over `futures-io`. The runtime crates implement
@@ -27,7 +28,9 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     type Tcp: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static;
     /// The runtime's timer.
     type Timer: Timer;
-    /// A spawned task; completes when the task does.
+    /// A spawned task; completes when the task does. Dropping it cancels the task (the task
+    /// is dropped at its next suspension point): dropping a connector set's `run` future
+    /// drops every task it spawned, so nothing is left running detached.
     type Task: Future<Output = ()> + Send + Unpin + 'static;
 
     /// Whether a source's task should absorb the wake-ups it causes itself while it runs
@@ -39,7 +42,12 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Opens a TCP connection to `host:port` (resolving the name), with `TCP_NODELAY` set.
     fn connect_tcp(&self, host: String, port: u16) -> BoxFuture<'static, io::Result<Self::Tcp>>;
 
-    /// A timer whose first deadline is `deadline`.
+    /// The runtime's current time: every instant the driver acts on comes from here, so a
+    /// runtime with a virtual clock (tokio's paused time, a test executor) drives every
+    /// deadline of the SDK.
+    fn now(&self) -> Instant;
+
+    /// A timer whose first deadline is `deadline` (on the clock of [`Runtime::now`]).
     fn timer(&self, deadline: Instant) -> Self::Timer;
 
     /// Runs `future` as a task of its own.

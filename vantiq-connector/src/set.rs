@@ -11,15 +11,16 @@ use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 use vantiq_health::{Health, HealthConfig, HealthError};
 use vantiq_proto::{
-    ConfigError, Connection, ConnectionConfig, DisconnectReason, FatalError, Json, SEARCH_PATHS,
-    ServerConfig, TOKEN_ENV,
+    ConfigError, Connection, ConnectionConfig, DisconnectReason, FatalError, Json, Limits,
+    SEARCH_PATHS, ServerConfig, TOKEN_ENV,
 };
 
-use crate::driver::{Driver, DriverParts};
+use crate::driver::{Driver, DriverParts, LinkSettings};
 use crate::handler::{DynHandler, FnHandlers, Handler, HandlerResult};
+use crate::lane::Bounds;
 use crate::query::Query;
 use crate::runtime::Runtime;
-use crate::source::{Source, SourceChannels};
+use crate::source::Source;
 use crate::transport::{TransportOptions, tls_config};
 
 /// Why a connector set could not be built or stopped running.
@@ -46,6 +47,12 @@ pub enum ConnectorError {
     /// A handler was given for a source that `sources` does not list.
     #[error("a handler was given for source `{0}`, which is not in `sources`")]
     UnknownSource(String),
+    /// Both a [`Handler`] for every source and `on_*` closures were given: one of them
+    /// would be ignored.
+    #[error(
+        "both a Handler (ConnectorSet::handler) and on_* closures were given; use one or the other (closures can live in a Handler's methods)"
+    )]
+    HandlerConflict,
     /// A health probe could not start.
     #[error(transparent)]
     Health(#[from] HealthError),
@@ -97,7 +104,7 @@ type Tweak = Box<dyn Fn(&mut ConnectionConfig) + Send + Sync>;
 pub struct ConnectorSet<R: Runtime> {
     runtime: R,
     config: ServerConfig,
-    sources: Vec<(Source, Option<SourceChannels>)>,
+    sources: Vec<Source>,
     handler: Option<Arc<dyn DynHandler>>,
     closures: FnHandlers,
     per_source: HashMap<String, Arc<dyn DynHandler>>,
@@ -204,13 +211,15 @@ impl<R: Runtime> ConnectorSet<R> {
             transport.max_message_size = max;
         }
         transport.disable_tls_verification = opts.disable_ssl_verification;
+        let defaults = Limits::default();
+        let queue = Bounds {
+            count: defaults.application_queue,
+            bytes: defaults.application_queue_bytes,
+        };
         let sources = config
             .sources()
             .iter()
-            .map(|name| {
-                let (s, ch) = Source::new(name.clone(), config.query_chunk_bytes());
-                (s, Some(ch))
-            })
+            .map(|name| Source::new(name.clone(), config.query_chunk_bytes(), queue))
             .collect();
         let defaults = HealthConfig::default();
         let health = Health::new(HealthConfig {
@@ -245,16 +254,13 @@ impl<R: Runtime> ConnectorSet<R> {
     /// Handles on every source, in `sources` order.
     #[must_use]
     pub fn sources(&self) -> Vec<Source> {
-        self.sources.iter().map(|(s, _)| s.clone()).collect()
+        self.sources.clone()
     }
 
     /// The handle on one source.
     #[must_use]
     pub fn source(&self, name: &str) -> Option<Source> {
-        self.sources
-            .iter()
-            .find(|(s, _)| s.name() == name)
-            .map(|(s, _)| s.clone())
+        self.sources.iter().find(|s| s.name() == name).cloned()
     }
 
     /// The set's health: declare healthy or unhealthy, read the tri-state, see the probes'
@@ -348,15 +354,27 @@ impl<R: Runtime> ConnectorSet<R> {
 
     /// Runs every source until shutdown or a fatal error.
     ///
+    /// The graceful way to stop is the [`ShutdownHandle`]: every socket closes with code
+    /// 1000, close handlers run, queued notifications are flushed within the close timeout,
+    /// and this returns `Ok`. Dropping the future instead cancels at once, on every runtime:
+    /// every source task and the health probes stop, sockets are dropped without a close
+    /// frame, and nothing is left running.
+    ///
     /// # Errors
     /// The first fatal error of any source (the others are shut down first), a handler for
-    /// an unknown source, a TLS or health probe setup failure.
+    /// an unknown source, a `Handler` combined with `on_*` closures, a TLS or health probe
+    /// setup failure.
     pub async fn run(mut self) -> Result<(), ConnectorError> {
         for name in self.per_source.keys() {
             if !self.config.sources().iter().any(|s| s == name) {
                 return Err(ConnectorError::UnknownSource(name.clone()));
             }
         }
+        let default: Arc<dyn DynHandler> = match self.handler.take() {
+            Some(_) if !self.closures.is_empty() => return Err(ConnectorError::HandlerConflict),
+            Some(h) => h,
+            None => Arc::new(std::mem::take(&mut self.closures)),
+        };
         let tls = tls_config(&self.transport).map_err(|e| ConnectorError::Tls(e.to_string()))?;
         if self.transport.disable_tls_verification {
             tracing::warn!(
@@ -364,47 +382,47 @@ impl<R: Runtime> ConnectorSet<R> {
             );
         }
         let ws_config = self.transport.websocket_config();
-        for (s, _) in &self.sources {
+        for s in &self.sources {
             self.health.register_source(s.name());
         }
+        // From here on, however `run` ends (returns, or its future is dropped), the probes
+        // stop with it.
+        let _probes = ProbesGuard(self.health.clone());
         self.health.set_alive(true);
-        if let Err(e) = self.health.start_http() {
-            self.health.shutdown();
-            return Err(e.into());
-        }
-        let default: Arc<dyn DynHandler> = match self.handler.take() {
-            Some(h) if self.closures.is_empty() => h,
-            Some(h) => {
-                tracing::warn!("both a Handler and on_* closures were given; the Handler is used");
-                h
-            }
-            None => Arc::new(std::mem::take(&mut self.closures)),
-        };
+        self.health.start_http()?;
         let first_error: Arc<Mutex<Option<ConnectorError>>> = Arc::new(Mutex::new(None));
         let mut tasks = Vec::with_capacity(self.sources.len());
-        for (source, channels) in &mut self.sources {
-            let Some(channels) = channels.take() else {
-                continue;
-            };
+        for source in &self.sources {
             let mut cfg =
                 ConnectionConfig::from_server_config(&self.config, source.name(), os_seed());
             if let Some(t) = &self.tweak {
                 t(&mut cfg);
             }
+            source.0.commands.set_bounds(Bounds {
+                count: cfg.limits.application_queue,
+                bytes: cfg.limits.application_queue_bytes,
+            });
+            let events = Bounds {
+                count: cfg.limits.pending_events,
+                bytes: cfg.limits.pending_event_bytes,
+            };
             let handler = self
                 .per_source
                 .get(source.name())
                 .cloned()
                 .unwrap_or_else(|| default.clone());
             let driver = Driver::new(DriverParts {
+                conn: Connection::new(cfg, self.runtime.now()),
                 runtime: self.runtime.clone(),
-                conn: Connection::new(cfg, std::time::Instant::now()),
                 source: source.clone(),
-                channels,
                 handler,
+                events,
                 shutdown: self.shutdown_rx.clone(),
-                tls: tls.clone(),
-                ws_config,
+                link: LinkSettings {
+                    tls: tls.clone(),
+                    ws_config,
+                    close_grace: self.transport.close_handshake_timeout,
+                },
                 health: self.health.clone(),
             });
             let name = source.name().to_owned();
@@ -434,8 +452,6 @@ impl<R: Runtime> ConnectorSet<R> {
             tasks.push(self.runtime.spawn(Box::pin(task)));
         }
         futures_util::future::join_all(tasks).await;
-        self.health.set_alive(false);
-        self.health.shutdown();
         let result = match first_error.lock() {
             Ok(mut g) => g.take(),
             Err(poisoned) => poisoned.into_inner().take(),
@@ -444,5 +460,15 @@ impl<R: Runtime> ConnectorSet<R> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Stops the health probes when `run` ends, however it ends.
+struct ProbesGuard(Health);
+
+impl Drop for ProbesGuard {
+    fn drop(&mut self) {
+        self.0.set_alive(false);
+        self.0.shutdown();
     }
 }

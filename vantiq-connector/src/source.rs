@@ -1,35 +1,16 @@
 //! [`Source`]: a cheap, cloneable handle on one source, usable from any task.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::sync::{MutexGuard, PoisonError};
 
-use async_channel::{Receiver, Sender};
 use event_listener::Event as Signal;
 use serde::Serialize;
 
-use crate::lane::{Lane, TrySendError};
-use vantiq_proto::{ConnectionState, Json, QueryId, Reply};
-
-/// Capacity of a source's notification channel. Small on purpose: each slot is allocated up
-/// front for every source, and the driver drains the channel on every turn.
-pub(crate) const NOTIFY_CHANNEL: usize = 64;
-/// Capacity of a source's reply channel.
-pub(crate) const REPLY_CHANNEL: usize = 32;
-
-/// A reply on its way to the driver.
-#[derive(Debug)]
-pub(crate) struct ReplyCmd {
-    pub(crate) id: QueryId,
-    pub(crate) reply: Reply,
-}
-
-/// A query handle dropped unfinished after sending `parts` replies.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Abandon {
-    pub(crate) id: QueryId,
-    pub(crate) parts: u64,
-}
+use crate::command::Command;
+use crate::lane::{Bounds, Lane, TrySendError};
+use vantiq_proto::{ConnectionState, Json};
 
 /// Why a notification was not sent.
 #[derive(Debug, thiserror::Error)]
@@ -66,41 +47,15 @@ pub struct Stopped(pub String);
 
 pub(crate) struct SourceShared {
     pub(crate) name: String,
-    state: AtomicU8,
-    session: AtomicU64,
-    config: Mutex<Option<Json>>,
+    /// The state, and the configuration of the current (or last) session.
+    snapshot: Mutex<(ConnectionState, Option<Json>)>,
     changed: Signal,
-    pub(crate) notifications: Lane<Json>,
-    pub(crate) replies: Lane<ReplyCmd>,
-    pub(crate) abandon_tx: Sender<Abandon>,
+    /// The one ordered queue of commands to the driver.
+    pub(crate) commands: Lane<Command>,
+    /// Notifications accepted and never handed to a socket (counted when the connector
+    /// stops).
+    undelivered: AtomicU64,
     pub(crate) chunk_bytes: usize,
-}
-
-/// The receiving ends, taken by the driver when the set runs.
-pub(crate) struct SourceChannels {
-    pub(crate) abandon_rx: Receiver<Abandon>,
-}
-
-fn state_code(s: ConnectionState) -> u8 {
-    match s {
-        ConnectionState::WaitingToReconnect => 0,
-        ConnectionState::Connecting => 1,
-        ConnectionState::Authenticating => 2,
-        ConnectionState::Attaching => 3,
-        ConnectionState::Configured => 4,
-        ConnectionState::Closed => 5,
-    }
-}
-
-fn code_state(c: u8) -> ConnectionState {
-    match c {
-        0 => ConnectionState::WaitingToReconnect,
-        1 => ConnectionState::Connecting,
-        2 => ConnectionState::Authenticating,
-        3 => ConnectionState::Attaching,
-        4 => ConnectionState::Configured,
-        _ => ConnectionState::Closed,
-    }
 }
 
 /// A handle on one source of a connector set: its name and state, and the way to send it
@@ -119,20 +74,15 @@ impl fmt::Debug for Source {
 }
 
 impl Source {
-    pub(crate) fn new(name: String, chunk_bytes: usize) -> (Source, SourceChannels) {
-        let (abandon_tx, abandon_rx) = async_channel::unbounded();
-        let shared = SourceShared {
+    pub(crate) fn new(name: String, chunk_bytes: usize, queue: Bounds) -> Source {
+        Source(Arc::new(SourceShared {
             name,
-            state: AtomicU8::new(state_code(ConnectionState::Connecting)),
-            session: AtomicU64::new(0),
-            config: Mutex::new(None),
+            snapshot: Mutex::new((ConnectionState::Connecting, None)),
             changed: Signal::new(),
-            notifications: Lane::new(NOTIFY_CHANNEL),
-            replies: Lane::new(REPLY_CHANNEL),
-            abandon_tx,
+            commands: Lane::new(queue),
+            undelivered: AtomicU64::new(0),
             chunk_bytes,
-        };
-        (Source(Arc::new(shared)), SourceChannels { abandon_rx })
+        }))
     }
 
     /// The source name.
@@ -141,10 +91,17 @@ impl Source {
         &self.0.name
     }
 
+    fn snapshot(&self) -> MutexGuard<'_, (ConnectionState, Option<Json>)> {
+        self.0
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The connection state.
     #[must_use]
     pub fn state(&self) -> ConnectionState {
-        code_state(self.0.state.load(Ordering::Acquire))
+        self.snapshot().0
     }
 
     /// True while the source is configured (notifications go straight out).
@@ -156,32 +113,41 @@ impl Source {
     /// The configuration document of the current (or last) session.
     #[must_use]
     pub fn config(&self) -> Option<Json> {
-        match self.0.config.lock() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.snapshot().1.clone()
     }
 
-    /// The current session number (0 when not configured).
-    pub(crate) fn session(&self) -> u64 {
-        self.0.session.load(Ordering::Acquire)
+    /// Notifications this source accepted that were never handed to a socket: the close
+    /// timeout passed while the link could not take them, or the connector stopped for a
+    /// fatal error. Each such loss is also logged as a warning with its count.
+    #[must_use]
+    pub fn undelivered_notifications(&self) -> u64 {
+        self.0.undelivered.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_state(&self, state: ConnectionState, session: u64, config: Option<Json>) {
-        if let Some(config) = config {
-            match self.0.config.lock() {
-                Ok(mut g) => *g = Some(config),
-                Err(poisoned) => *poisoned.into_inner() = Some(config),
+    pub(crate) fn add_undelivered(&self, n: u64) {
+        self.0.undelivered.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub(crate) fn set_state(&self, state: ConnectionState, config: Option<Json>) {
+        {
+            let mut snap = self.snapshot();
+            snap.0 = state;
+            if let Some(config) = config {
+                snap.1 = Some(config);
             }
         }
-        self.0.session.store(session, Ordering::Release);
-        self.0.state.store(state_code(state), Ordering::Release);
         self.0.changed.notify(usize::MAX);
     }
 
-    /// Sends a notification: any value that serializes to a JSON object. While the source is
-    /// disconnected, notifications wait in a bounded queue and go out in order after the next
-    /// configuration; when that queue is full this waits.
+    /// Sends a notification: any value that serializes to a JSON object.
+    ///
+    /// Notifications go out in the order they are sent. While the source is disconnected
+    /// they wait for the next session in a queue bounded by count and bytes
+    /// ([`Limits`](crate::Limits)); while the socket is slower than the application they wait
+    /// in the source's queues, bounded the same way. When those are full this waits for room
+    /// ([`Source::try_notify`] does not wait). `Ok` means accepted: it will be delivered in
+    /// order, or, if the connector stops before a socket could take it (the close timeout,
+    /// a fatal error), counted in [`Source::undelivered_notifications`] and logged.
     ///
     /// # Errors
     /// The value is not an object or cannot be serialized, or the connector has stopped.
@@ -195,12 +161,10 @@ impl Source {
     /// # Errors
     /// As [`Source::notify`].
     pub async fn notify_json(&self, json: Json) -> Result<(), NotifyError> {
-        if !json.is_object() {
-            return Err(NotifyError::NotAnObject);
-        }
+        check_notification(&json)?;
         self.0
-            .notifications
-            .send(json)
+            .commands
+            .send(Command::Notify(json))
             .await
             .map_err(|_| NotifyError::Closed)
     }
@@ -211,13 +175,14 @@ impl Source {
     /// [`TryNotifyError::Full`] when it would have to wait; otherwise as [`Source::notify`].
     pub fn try_notify<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), TryNotifyError> {
         let json = Json::from_serialize(value).map_err(NotifyError::from)?;
-        if !json.is_object() {
-            return Err(NotifyError::NotAnObject.into());
-        }
-        self.0.notifications.try_send(json).map_err(|e| match e {
-            TrySendError::Full(j) => TryNotifyError::Full(j),
-            TrySendError::Closed(_) => NotifyError::Closed.into(),
-        })
+        check_notification(&json)?;
+        self.0
+            .commands
+            .try_send(Command::Notify(json))
+            .map_err(|e| match e {
+                TrySendError::Full(Command::Notify(j)) => TryNotifyError::Full(j),
+                TrySendError::Full(_) | TrySendError::Closed(_) => NotifyError::Closed.into(),
+            })
     }
 
     /// Waits until the source is configured. Combine with your runtime's timeout
@@ -258,5 +223,15 @@ impl Source {
             }
             listener.await;
         }
+    }
+}
+
+/// The connection's own rule for what a notification may be, applied where the caller can
+/// still be told.
+fn check_notification(json: &Json) -> Result<(), NotifyError> {
+    if vantiq_proto::Connection::is_notification(json) {
+        Ok(())
+    } else {
+        Err(NotifyError::NotAnObject)
     }
 }

@@ -6,6 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -37,6 +38,11 @@ pub struct TransportOptions {
     /// Certificate authorities to trust besides the built-in (or native) roots: for servers
     /// behind a private CA.
     pub extra_root_certificates: Vec<CertificateDer<'static>>,
+    /// Time a socket gets to finish its close handshake, ours or the server's, before it is
+    /// dropped (default 2 s). The session is over as soon as a close frame is sent or
+    /// received (the connector reconnects at once); this only bounds how long the old socket
+    /// lingers.
+    pub close_handshake_timeout: Duration,
 }
 
 impl Default for TransportOptions {
@@ -47,6 +53,7 @@ impl Default for TransportOptions {
             write_buffer_size: 16 * 1024,
             disable_tls_verification: false,
             extra_root_certificates: Vec::new(),
+            close_handshake_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -61,46 +68,68 @@ impl TransportOptions {
     }
 }
 
-/// A TCP stream, with or without TLS.
-pub enum MaybeTls<S> {
+/// A TCP stream, with or without TLS, counting the bytes the socket takes so that the driver
+/// can tell a socket that writes slowly from one that takes nothing.
+pub(crate) struct Stream<S> {
+    io: Io<S>,
+    written: u64,
+}
+
+enum Io<S> {
     /// `ws://`.
     Plain(S),
     /// `wss://`.
     Tls(Box<TlsStream<S>>),
 }
 
-impl<S> fmt::Debug for MaybeTls<S> {
+impl<S> Stream<S> {
+    fn new(io: Io<S>) -> Self {
+        Stream { io, written: 0 }
+    }
+
+    /// Bytes the socket has taken so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl<S> fmt::Debug for Stream<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MaybeTls::Plain(_) => "MaybeTls::Plain",
-            MaybeTls::Tls(_) => "MaybeTls::Tls",
+        f.write_str(match self.io {
+            Io::Plain(_) => "Stream::Plain",
+            Io::Tls(_) => "Stream::Tls",
         })
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        let this = self.get_mut();
+        let r = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = r {
+            this.written += n as u64;
         }
+        r
     }
 
     fn poll_write_vectored(
@@ -108,29 +137,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        let this = self.get_mut();
+        let r = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        };
+        if let Poll::Ready(Ok(n)) = r {
+            this.written += n as u64;
         }
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_close(cx),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_close(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }
 
 /// The WebSocket a driver works with.
-pub type Ws<R> = WebSocketStream<MaybeTls<<R as Runtime>::Tcp>>;
+pub(crate) type Ws<R> = WebSocketStream<Stream<<R as Runtime>::Tcp>>;
 
 /// Accepts every certificate: what `disableSslVerification` asks for.
 #[derive(Debug)]
@@ -203,7 +237,7 @@ fn root_store() -> RootCertStore {
 /// # Errors
 /// The crypto provider rejects the default protocol versions (not expected with `ring`), or
 /// an extra root certificate cannot be parsed.
-pub fn tls_config(options: &TransportOptions) -> Result<Arc<ClientConfig>, rustls::Error> {
+pub(crate) fn tls_config(options: &TransportOptions) -> Result<Arc<ClientConfig>, rustls::Error> {
     let disable_verification = options.disable_tls_verification;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -241,9 +275,9 @@ pub(crate) async fn connect<R: Runtime>(
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS handshake with {}: {e}", url.host()))?;
-        MaybeTls::Tls(Box::new(tls))
+        Stream::new(Io::Tls(Box::new(tls)))
     } else {
-        MaybeTls::Plain(tcp)
+        Stream::new(Io::Plain(tcp))
     };
     let (ws, _response) =
         async_tungstenite::client_async_with_config(url.as_str(), stream, Some(ws_config))

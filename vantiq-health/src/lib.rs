@@ -79,6 +79,7 @@
 //! made from async code.
 
 mod config;
+mod deferred;
 mod error;
 mod http;
 mod listener;
@@ -88,11 +89,13 @@ mod sync;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use config::{DEFAULT_HTTP_TIMEOUT, DEFAULT_TCP_PROBE_PORT, HealthConfig};
 pub use error::{HealthError, Probe};
 pub use state::{Readiness, SourceState, Status};
 
+use deferred::Deferred;
 use listener::{AcceptLoop, accept_until_stopped};
 use state::Shared;
 use sync::lock;
@@ -113,6 +116,8 @@ struct Inner {
     /// `shared.data`, so joining them under `control` cannot deadlock.
     control: Mutex<Control>,
     shared: Arc<Shared>,
+    /// Automatic mode's background worker.
+    deferred: Arc<Deferred>,
 }
 
 #[derive(Default)]
@@ -129,6 +134,7 @@ impl Health {
                 cfg,
                 control: Mutex::new(Control::default()),
                 shared: Arc::new(Shared::new()),
+                deferred: Arc::default(),
             }),
         }
     }
@@ -239,6 +245,7 @@ impl Health {
             .or_insert(SourceState::Connecting);
         if self.inner.cfg.auto {
             self.inner.apply_auto(&mut ctl);
+            self.inner.deferred.start(Arc::downgrade(&self.inner));
         }
     }
 
@@ -263,6 +270,40 @@ impl Health {
         if self.inner.cfg.auto {
             self.inner.apply_auto(&mut ctl);
         }
+    }
+
+    /// Records a source's state and returns at once, for callers that must not block (an
+    /// async task): [`Health::source_state`] and the `sources` of `/readyz` show it
+    /// immediately; in automatic mode the declaration it may cause (opening or closing the
+    /// TCP probe, the `status` of `/readyz`) is made by a background thread right after.
+    /// [`Health::wait_settled`] waits for it.
+    pub fn report_source_state(&self, name: &str, state: SourceState) {
+        {
+            let mut data = lock(&self.inner.shared.data);
+            match data.sources.get_mut(name) {
+                Some(s) => *s = state,
+                None => {
+                    data.sources.insert(name.to_owned(), state);
+                }
+            }
+        }
+        if !self.inner.cfg.auto {
+            return;
+        }
+        if !self.inner.deferred.running() {
+            self.inner.deferred.start(Arc::downgrade(&self.inner));
+        }
+        if self.inner.deferred.running() {
+            self.inner.deferred.request();
+        } else {
+            self.inner.apply_auto_now();
+        }
+    }
+
+    /// Waits until the declarations caused by every state reported so far with
+    /// [`Health::report_source_state`] are made, at most `timeout`. True if they are.
+    pub fn wait_settled(&self, timeout: Duration) -> bool {
+        self.inner.deferred.wait(timeout)
     }
 
     /// A source's state, if it is registered.
@@ -296,6 +337,7 @@ impl Health {
     /// (B15). A probe whose thread cannot be woken is detached (it exits on its next
     /// connection) and the error kept in [`Health::last_error`].
     pub fn shutdown(&self) {
+        self.inner.deferred.stop();
         let mut ctl = lock(&self.inner.control);
         self.inner.shutdown_locked(&mut ctl);
     }
@@ -360,6 +402,12 @@ impl Inner {
         }
     }
 
+    /// Automatic mode, for the background worker.
+    fn apply_auto_now(&self) {
+        let mut ctl = lock(&self.control);
+        self.apply_auto(&mut ctl);
+    }
+
     /// Automatic mode: makes the state follow the sources.
     fn apply_auto(&self, ctl: &mut Control) {
         let (want, healthy) = {
@@ -400,6 +448,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.deferred.stop();
         let ctl = self
             .control
             .get_mut()

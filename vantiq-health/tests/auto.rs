@@ -200,3 +200,51 @@ fn concurrent_source_reports_end_in_the_right_state() {
     assert_open(h.tcp_probe_port().unwrap());
     assert_eq!(h.probe_threads(), 1);
 }
+
+/// What an async task reports: the call returns at once (no bind, no thread join, no
+/// connect inside it); readiness reflects it immediately, and the probe follows in the
+/// background.
+#[test]
+fn reported_states_are_applied_in_the_background() {
+    let h = Health::new(auto());
+    let http = h.start_http().unwrap().unwrap();
+    h.register_source("a");
+    let threads = h.probe_threads();
+    h.report_source_state("a", SourceState::Configured);
+    // The source's state at once; the declaration right after, in the background.
+    assert_eq!(h.source_state("a"), Some(SourceState::Configured));
+    assert!(h.wait_settled(std::time::Duration::from_secs(5)));
+    assert_eq!(get(http, "/readyz").code, 200);
+    assert_eq!(h.is_healthy(), Some(true));
+    let tcp = h.tcp_probe_port().unwrap();
+    assert_open(tcp);
+    assert_eq!(h.probe_threads(), threads + 1, "the TCP probe's thread");
+    h.report_source_state("a", SourceState::Disconnected);
+    assert_eq!(h.source_state("a"), Some(SourceState::Disconnected));
+    assert!(h.wait_settled(std::time::Duration::from_secs(5)));
+    assert_eq!(get(http, "/readyz").code, 503);
+    assert_eq!(h.is_healthy(), Some(false));
+    assert_refused(tcp);
+    // Many reports in a row settle on the last.
+    for _ in 0..50 {
+        h.report_source_state("a", SourceState::Configured);
+        h.report_source_state("a", SourceState::Connecting);
+    }
+    h.report_source_state("a", SourceState::Configured);
+    assert!(h.wait_settled(std::time::Duration::from_secs(5)));
+    assert_eq!(h.is_healthy(), Some(true));
+    h.shutdown();
+    assert_eq!(h.probe_threads(), 0);
+}
+
+/// Dropping the last handle stops the background worker too.
+#[test]
+fn the_background_worker_ends_with_the_health() {
+    let h = Health::new(auto());
+    h.register_source("a");
+    h.report_source_state("a", SourceState::Configured);
+    assert!(h.wait_settled(std::time::Duration::from_secs(5)));
+    let tcp = h.tcp_probe_port().unwrap();
+    drop(h);
+    assert_refused(tcp);
+}

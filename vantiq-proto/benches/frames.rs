@@ -78,13 +78,13 @@ fn configured() -> (Connection, Instant) {
     let now = Instant::now();
     let mut conn = Connection::new(cfg, now);
     assert!(matches!(
-        conn.poll_transmit(),
+        conn.poll_transmit(true),
         Some(Transmit::Connect { .. })
     ));
     conn.handle_open(now);
-    assert!(matches!(conn.poll_transmit(), Some(Transmit::Frame(_))));
+    assert!(matches!(conn.poll_transmit(true), Some(Transmit::Frame(_))));
     conn.handle_frame(now, AUTH_REPLY.as_bytes()).unwrap();
-    assert!(matches!(conn.poll_transmit(), Some(Transmit::Frame(_))));
+    assert!(matches!(conn.poll_transmit(true), Some(Transmit::Frame(_))));
     conn.handle_frame(now, CONFIGURE.as_bytes()).unwrap();
     assert!(matches!(conn.poll_event(), Some(Event::Configured { .. })));
     (conn, now)
@@ -233,7 +233,7 @@ fn encode_reply(c: &mut Criterion, name: &str, status: u16, reply: &dyn Fn() -> 
                 |rep| {
                     let mut r = r.borrow_mut();
                     r.conn.respond(id, rep).unwrap();
-                    r.conn.poll_transmit().unwrap()
+                    r.conn.poll_transmit(true).unwrap()
                 },
                 BatchSize::SmallInput,
             );
@@ -247,7 +247,7 @@ fn encode_reply(c: &mut Criterion, name: &str, status: u16, reply: &dyn Fn() -> 
                 |(id, rep)| {
                     let mut r = r.borrow_mut();
                     r.conn.respond(id, rep).unwrap();
-                    r.conn.poll_transmit().unwrap()
+                    r.conn.poll_transmit(true).unwrap()
                 },
                 BatchSize::NumIterations(64),
             );
@@ -303,7 +303,7 @@ fn encode(c: &mut Criterion) {
                 || note.clone(),
                 |n| {
                     conn.notify(n).unwrap();
-                    conn.poll_transmit().unwrap()
+                    conn.poll_transmit(true).unwrap()
                 },
                 BatchSize::SmallInput,
             );

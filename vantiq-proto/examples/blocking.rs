@@ -7,6 +7,12 @@
 //! queries, sends a notification from another thread every few seconds, and reconnects
 //! after a drop (with the back-off and keep-alive of the core).
 //!
+//! Writes block, so every frame taken is written at once (`poll_transmit(true)`); a write
+//! that fails ends the socket, and the connection puts every notification it still holds
+//! back in its queue for the next session: nothing is lost but the frame the socket was
+//! taking when it failed. A write timeout on the socket stands in for the core's write-stall
+//! detection.
+//!
 //! Run it against the embedded server:
 //!
 //! ```text
@@ -101,12 +107,14 @@ pub(crate) fn run_connector(
                 Event::Disconnected { .. } => {
                     let _ = report.send(Report::Disconnected);
                 }
-                Event::Closed { error, .. } => {
+                Event::Closed { error, undelivered } => {
+                    if undelivered > 0 {
+                        eprintln!("blocking: {undelivered} notifications were never delivered");
+                    }
                     let error = error.map(|e| e.to_string());
                     let _ = report.send(Report::Closed(error.clone()));
                     return error.map_or(Ok(()), Err);
                 }
-                _ => {}
             }
         }
         // Replies and notifications made above are transmits too.
@@ -143,9 +151,9 @@ pub(crate) fn run_connector(
     }
 }
 
-/// Performs every transmit waiting, in order.
+/// Performs every transmit waiting, in order. Writes block: the socket always takes a frame.
 fn flush(conn: &mut Connection, socket: &mut Option<Socket>) {
-    while let Some(t) = conn.poll_transmit() {
+    while let Some(t) = conn.poll_transmit(true) {
         perform(conn, socket, t);
     }
 }
@@ -158,6 +166,8 @@ fn perform(conn: &mut Connection, socket: &mut Option<Socket>, t: Transmit) {
             Ok((ws, _response)) => {
                 if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
                     let _ = tcp.set_nodelay(true);
+                    // A socket that takes nothing for this long is dead.
+                    let _ = tcp.set_write_timeout(Some(conn.config().write_timeout));
                 }
                 *socket = Some(ws);
                 conn.handle_open(now);
@@ -165,7 +175,7 @@ fn perform(conn: &mut Connection, socket: &mut Option<Socket>, t: Transmit) {
             Err(e) => conn.handle_closed(now, SocketEnd::ConnectFailed(e.to_string())),
         },
         Transmit::Frame(text) => send(conn, socket, Message::text(text)),
-        Transmit::Ping => send(conn, socket, Message::Ping(Default::default())),
+        Transmit::Ping { payload } => send(conn, socket, Message::Ping(payload.to_vec().into())),
         Transmit::Close { code, reason } => {
             if let Some(mut ws) = socket.take() {
                 let _ = ws.close(Some(CloseFrame {
@@ -176,10 +186,11 @@ fn perform(conn: &mut Connection, socket: &mut Option<Socket>, t: Transmit) {
             }
         }
         Transmit::Abort => *socket = None,
-        _ => {}
     }
 }
 
+/// Writes one message. A failure ends the socket; the connection takes back every
+/// notification it still holds.
 fn send(conn: &mut Connection, socket: &mut Option<Socket>, msg: Message) {
     let Some(ws) = socket.as_mut() else { return };
     if let Err(e) = ws.send(msg) {
@@ -198,7 +209,17 @@ fn read_one(conn: &mut Connection, socket: &mut Option<Socket>, wait: Duration) 
     match ws.read() {
         Ok(Message::Text(t)) => report_frame(conn.handle_frame(now, t.as_bytes())),
         Ok(Message::Binary(b)) => report_frame(conn.handle_frame(now, &b)),
-        Ok(Message::Pong(_) | Message::Ping(_)) => conn.handle_pong(now),
+        Ok(Message::Pong(payload)) => conn.handle_pong(now, &payload),
+        Ok(Message::Close(frame)) => {
+            // The session is over as soon as the server's close frame arrives; the reply the
+            // WebSocket layer queued goes out if it can.
+            let _ = ws.flush();
+            *socket = None;
+            let (code, reason) = frame.map_or((None, String::new()), |f| {
+                (Some(u16::from(f.code)), f.reason.to_string())
+            });
+            conn.handle_closed(now, SocketEnd::Closed { code, reason });
+        }
         Ok(_) => {}
         Err(tungstenite::Error::Io(e))
             if matches!(

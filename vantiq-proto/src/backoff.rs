@@ -51,6 +51,7 @@ impl Rng {
 
 /// Back-off policy for reconnecting.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// Ceiling of the first delay (default 0.5 s).
     pub initial: Duration,
@@ -74,6 +75,16 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The default policy with another first ceiling and cap.
+    #[must_use]
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            ..Backoff::default()
+        }
+    }
+
     /// The ceiling for the given number of consecutive failures (≥ 1).
     #[must_use]
     pub fn ceiling(&self, failures: u32) -> Duration {

@@ -663,23 +663,22 @@ impl ServerFrame {
         Self::from_wire(w, resource_id)
     }
 
-    /// Decodes a frame for the connection of source `expected`: a `resourceId` naming
-    /// another source is [`FrameError::WrongSource`]; a matching one is checked in place,
-    /// not copied (`resource_id` is then `None`).
-    pub(crate) fn decode_for(bytes: &[u8], expected: &str) -> Result<Self, FrameError> {
+    /// Decodes a frame for the connection of source `expected`. A matching `resourceId` is
+    /// checked in place, not copied (`resource_id` is then `None`); one naming another source
+    /// is given back beside the frame, for the connection to warn about (neither Vantiq SDK
+    /// checks it, and dropping a query would leave its caller waiting for a timeout).
+    pub(crate) fn decode_for(
+        bytes: &[u8],
+        expected: &str,
+    ) -> Result<(Self, Option<String>), FrameError> {
         let mut w = parse_wire(bytes)?;
         let got = w.resource_id.take();
         let frame = Self::from_wire(w, None)?;
-        if let Some(got) = got
-            && !matches!(frame, ServerFrame::Status(_) | ServerFrame::Unknown { .. })
-            && got != expected
-        {
-            return Err(FrameError::WrongSource {
-                expected: expected.to_owned(),
-                got: got.into_owned(),
-            });
-        }
-        Ok(frame)
+        let other = got.filter(|got| {
+            !matches!(frame, ServerFrame::Status(_) | ServerFrame::Unknown { .. })
+                && got != expected
+        });
+        Ok((frame, other.map(cow_string)))
     }
 
     fn from_wire(w: Wire<'_>, resource_id: Option<String>) -> Result<Self, FrameError> {
@@ -707,13 +706,8 @@ impl ServerFrame {
                     })
                 }
                 "publish" => {
-                    let object = w
-                        .object
-                        .map(Json::from_raw)
-                        .ok_or(FrameError::MissingField {
-                            op: "publish",
-                            field: "object",
-                        })?;
+                    // Both Vantiq SDKs hand the handler a null when `object` is missing.
+                    let object = w.object.map_or_else(Json::null, Json::from_raw);
                     Ok(ServerFrame::Publish {
                         resource_id,
                         object,

@@ -15,26 +15,53 @@
 //!
 //! * inputs: [`Connection::handle_open`] (the socket asked for is open),
 //!   [`Connection::handle_frame`] (a text or binary frame arrived; a bad frame returns an
-//!   error and is dropped, the connection goes on), [`Connection::handle_pong`],
-//!   [`Connection::handle_closed`] (the socket, or the attempt to open it, ended) and
-//!   [`Connection::handle_timeout`] (the instant given by `poll_timeout` has come);
-//! * commands: [`Connection::notify`], [`Connection::respond`], [`Connection::abandon`] and
-//!   [`Connection::close`];
+//!   error and is dropped, the connection goes on), [`Connection::handle_pong`] (with the
+//!   pong's payload), [`Connection::handle_closed`] (the socket, or the attempt to open it,
+//!   ended), [`Connection::handle_write_status`] (how the socket's write side is doing),
+//!   [`Connection::set_reading_paused`] and [`Connection::handle_timeout`] (the instant given
+//!   by `poll_timeout` has come);
+//! * commands: [`Connection::notify`], [`Connection::respond`] and [`Connection::close`];
 //! * outputs: [`Connection::poll_transmit`] (one ordered queue of socket actions: open a
-//!   socket, send a frame, ping, close or abort the socket), [`Connection::poll_event`]
+//!   socket, send a frame, ping, close or drop the socket), [`Connection::poll_event`]
 //!   (configured, publish, query, disconnected, closed) and [`Connection::poll_timeout`].
 //!
 //! After every input or command, the driver **drains `poll_transmit` and performs each
 //! action in order, then drains `poll_event`, then reads `poll_timeout`** and arranges to call
 //! `handle_timeout` at that instant. Each call takes `now`; it must never go backwards.
 //!
+//! **Writing.** Pass `poll_transmit(writable)` whether the socket can take a frame now. A
+//! frame taken counts as *written*, so take one only when you can hand it to the socket at
+//! once; with `writable: false` the frames stay in the connection, and only the actions that
+//! need no write (connect, close, drop) come out: they are never queued behind a frame. The
+//! connection bounds what it holds in bytes ([`Limits`]): [`Connection::notify`] answers
+//! `QueueFull` past the bound, and [`Connection::can_notify`] says when to try again.
+//!
+//! **Requeueing.** When a socket ends (reported by `handle_closed`, or let go of by a
+//! [`Transmit::Close`] or [`Transmit::Abort`]), every notification still in the connection is
+//! put back at the front of the queue for the next session, in order and without re-parsing;
+//! replies of the ended session are dropped (nobody waits for them any more). What was taken
+//! was written: on the wire, or in the transport's buffer. A driver therefore loses nothing
+//! it did not hand to its transport, whatever the socket does.
+//!
+//! **While draining.** Commands and inputs may be called at any point, between two
+//! `poll_transmit` or `poll_event` calls included (a handler answering a query while the
+//! driver hands out events): what they produce is queued behind what is already there, in
+//! order. Report a peer's close as soon as its close frame arrives, not when the stream ends.
+//!
 //! A [`Transmit::Close`] or [`Transmit::Abort`] lets go of the current socket: the driver
 //! reports nothing more about that socket. Every [`Transmit::Connect`] is answered by exactly
 //! one `handle_open` or `handle_closed` (unless an `Abort` cancels it first).
 //!
+//! **Liveness.** A link is dead when the pong answering a ping does not arrive in time
+//! (only a pong with the ping's payload counts), or when the socket takes no bytes for the
+//! write timeout while something waits to be written (report it with
+//! `handle_write_status`): a server that keeps sending but stops reading is caught.
+//!
 //! Fatal outcomes (a rejected token; with `failOnConnectionError`, any connection failure;
-//! the end of a graceful close) produce one [`Event::Closed`], always the last event; after
-//! it every input is a no-op. Peer input never panics.
+//! the end of a graceful close) produce one [`Event::Closed`], always the last event, which
+//! counts the notifications that could not be delivered; after it every input is a no-op.
+//! Peer input never panics. [`Transmit`] and [`Event`] are exhaustive: a driver handles every
+//! variant, and a new one is a compile error rather than something a driver ignores.
 //!
 //! # Example: a handshake by hand
 //!
@@ -53,12 +80,12 @@
 //! let mut conn = Connection::new(cfg, now);
 //!
 //! // 1. The connection asks for a socket; we "open" one.
-//! assert!(matches!(conn.poll_transmit(), Some(Transmit::Connect { .. })));
+//! assert!(matches!(conn.poll_transmit(true), Some(Transmit::Connect { .. })));
 //! conn.handle_open(now);
 //!
 //! // 2. It authenticates…
 //! assert_eq!(
-//!     conn.poll_transmit(),
+//!     conn.poll_transmit(true),
 //!     Some(Transmit::Frame(
 //!         r#"{"op":"validate","resourceName":"system.credentials","object":"my-token"}"#.into()
 //!     ))
@@ -68,7 +95,7 @@
 //!
 //! // 3. …attaches to its source…
 //! assert_eq!(
-//!     conn.poll_transmit(),
+//!     conn.poll_transmit(true),
 //!     Some(Transmit::Frame(
 //!         r#"{"op":"connectExtension","resourceName":"sources","resourceId":"MySource","parameters":{"reconnectSecret":"MySource_fixed"}}"#.into()
 //!     ))
@@ -85,7 +112,7 @@
 //! assert_eq!(params.as_str(), r#"{"n":1}"#);
 //! conn.respond(id, Reply::Complete(Json::from_string(r#"[{"i":0}]"#.into()).unwrap())).unwrap();
 //! assert_eq!(
-//!     conn.poll_transmit(),
+//!     conn.poll_transmit(true),
 //!     Some(Transmit::Frame(r#"{"status":200,"headers":{"X-Reply-Address":"r1"},"body":[{"i":0}]}"#.into()))
 //! );
 //!
@@ -109,10 +136,13 @@ pub use config::{
 };
 pub use connection::{
     Connection, ConnectionConfig, ConnectionState, DisconnectReason, Event, Failure, FatalError,
-    KeepAlive, NotifyError, SocketEnd, Stats, Transmit, random_id,
+    KeepAlive, Limits, NotifyError, SocketEnd, Stats, Transmit, random_id,
 };
 pub use frame::{FrameError, Status};
 pub use json::Json;
 pub use properties::{Properties, PropertiesError};
-pub use query::{QueryError, QueryId, Reply, ReplyError, RowChunker, reply_overhead};
+pub use query::{
+    QueryError, QueryId, REPLY_ADDRESS_TOO_LONG_CODE, Reply, ReplyError, RowChunker,
+    TOO_MANY_QUERIES_CODE, reply_overhead,
+};
 pub use url::{TargetUrl, UrlError, WEBSOCKET_PATH};

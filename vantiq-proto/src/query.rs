@@ -5,6 +5,13 @@ use serde::{Deserialize, Serialize};
 use crate::frame::{Status, X_REPLY_ADDRESS, push_json_str};
 use crate::json::Json;
 
+/// Code of the error a connection answers a query with when the source already has
+/// [`Limits::open_queries`](crate::Limits::open_queries) queries awaiting their answer.
+pub const TOO_MANY_QUERIES_CODE: &str = "io.vantiq.connector.tooManyQueries";
+/// Code of the error a connection answers a query with when its reply address is longer
+/// than [`Limits::reply_address_bytes`](crate::Limits::reply_address_bytes).
+pub const REPLY_ADDRESS_TOO_LONG_CODE: &str = "io.vantiq.connector.replyAddressTooLong";
+
 /// Identifies one query of one session of a [`Connection`](crate::Connection).
 ///
 /// The session number is part of the id, so a reply for a query of an ended session is
@@ -143,6 +150,9 @@ pub enum ReplyError {
     /// Rows must be a JSON object or an array of objects.
     #[error("query rows must be a JSON object or an array of objects")]
     InvalidRows,
+    /// The rows could not be serialized (reported by the layer that serializes them).
+    #[error("the rows could not be serialized: {0}")]
+    Serialize(String),
     /// The connection is closed.
     #[error("the connection is closed")]
     Closed,
@@ -170,13 +180,17 @@ pub fn reply_overhead(reply_address: &str) -> usize {
 /// come back as one chunk. A single row larger than the budget forms a chunk of its own (it
 /// cannot be split). [`RowChunker::finish`] gives the last, partly filled chunk.
 ///
-/// ```
-/// use vantiq_proto::RowChunker;
+/// Only objects are rows: anything else is refused with [`ReplyError::InvalidRows`].
 ///
+/// ```
+/// use vantiq_proto::{Json, ReplyError, RowChunker};
+///
+/// let row = |i: u32| Json::from_serialize(&serde_json::json!({ "i": i })).unwrap();
 /// let mut c = RowChunker::new(16);
-/// assert_eq!(c.push(r#"{"i":0}"#), None);                 // [{"i":0}      8 bytes
-/// let full = c.push(r#"{"i":1}"#);                         // would be 17 bytes with `]`
+/// assert_eq!(c.push(&row(0)), Ok(None));                  // [{"i":0}      8 bytes
+/// let full = c.push(&row(1)).unwrap();                     // would be 17 bytes with `]`
 /// assert_eq!(full.unwrap().as_str(), r#"[{"i":0}]"#);
+/// assert_eq!(c.push(&Json::null()), Err(ReplyError::InvalidRows));
 /// assert_eq!(c.finish().unwrap().as_str(), r#"[{"i":1}]"#);
 /// assert_eq!(c.finish(), None);
 /// ```
@@ -198,8 +212,18 @@ impl RowChunker {
         }
     }
 
-    /// Adds one row (the JSON text of an object); returns a full chunk if the row did not fit.
-    pub fn push(&mut self, row: &str) -> Option<Json> {
+    /// Adds one row; returns a full chunk if the row did not fit.
+    ///
+    /// # Errors
+    /// [`ReplyError::InvalidRows`] when the row is not a JSON object; nothing is added.
+    pub fn push(&mut self, row: &Json) -> Result<Option<Json>, ReplyError> {
+        if !row.is_object() {
+            return Err(ReplyError::InvalidRows);
+        }
+        Ok(self.push_object(row.as_str()))
+    }
+
+    fn push_object(&mut self, row: &str) -> Option<Json> {
         if self.rows == 0 {
             self.buf.reserve(row.len() + 2);
             self.buf.push('[');
@@ -298,7 +322,7 @@ mod tests {
         let mut c = RowChunker::new(64);
         let mut chunks = Vec::new();
         for r in &rows {
-            chunks.extend(c.push(r));
+            chunks.extend(c.push(&Json::from_string(r.clone()).unwrap()).unwrap());
         }
         chunks.extend(c.finish());
         let mut seen = Vec::new();
@@ -318,10 +342,14 @@ mod tests {
     #[test]
     fn oversized_row_goes_alone() {
         let big = format!("{{\"s\":\"{}\"}}", "x".repeat(100));
+        let j = |s: &str| Json::from_string(s.to_owned()).unwrap();
         let mut c = RowChunker::new(32);
-        assert_eq!(c.push("{}"), None);
-        assert_eq!(c.push(&big).unwrap().as_str(), "[{}]");
-        assert_eq!(c.push("{}").unwrap().as_str(), format!("[{big}]"));
+        assert_eq!(c.push(&j("{}")), Ok(None));
+        assert_eq!(c.push(&j(&big)).unwrap().unwrap().as_str(), "[{}]");
+        assert_eq!(
+            c.push(&j("{}")).unwrap().unwrap().as_str(),
+            format!("[{big}]")
+        );
         assert_eq!(c.finish().unwrap().as_str(), "[{}]");
     }
 

@@ -238,7 +238,7 @@ enum Pending {
     /// A frame reaches the server.
     ToServer { socket: u64, text: String },
     /// A pong reaches the connector.
-    Pong { socket: u64 },
+    Pong { socket: u64, payload: [u8; 8] },
     /// The server dropped the socket; the connector notices now.
     Dropped { socket: u64 },
     /// The connector's close frame reaches the server (after the frames sent before it).
@@ -255,6 +255,8 @@ pub struct Sim {
     pub server_up: bool,
     /// The link passes nothing (no pongs, no frames) but stays open.
     pub stalled: bool,
+    /// The socket takes no frames (the driver passes `writable: false`).
+    pub blocked: bool,
     /// One-way delay of every delivery.
     pub latency: Duration,
     socket: Option<u64>,
@@ -285,6 +287,7 @@ impl Sim {
             server,
             server_up: true,
             stalled: false,
+            blocked: false,
             latency: Duration::from_millis(5),
             socket: None,
             closing_socket: None,
@@ -315,7 +318,7 @@ impl Sim {
     pub fn drain(&mut self) {
         loop {
             let mut progressed = false;
-            while let Some(t) = self.conn.poll_transmit() {
+            while let Some(t) = self.conn.poll_transmit(!self.blocked) {
                 progressed = true;
                 self.transmits.push((self.now, t.clone()));
                 self.perform(t);
@@ -382,11 +385,11 @@ impl Sim {
                     self.schedule(at, Pending::ToServer { socket, text });
                 }
             }
-            Transmit::Ping => {
+            Transmit::Ping { payload } => {
                 let socket = self.socket.expect("ping sent with no socket");
                 if !self.stalled && self.server_socket_open {
                     let at = self.now + self.latency * 2;
-                    self.schedule(at, Pending::Pong { socket });
+                    self.schedule(at, Pending::Pong { socket, payload });
                 }
             }
             Transmit::Close { .. } => {
@@ -403,7 +406,6 @@ impl Sim {
                     self.server.on_close();
                 }
             }
-            other => panic!("unknown transmit {other:?}"),
         }
     }
 
@@ -517,9 +519,9 @@ impl Sim {
                     }
                 }
             }
-            Pending::Pong { socket } => {
+            Pending::Pong { socket, payload } => {
                 if current == Some(socket) && !self.stalled {
-                    self.conn.handle_pong(now);
+                    self.conn.handle_pong(now, &payload);
                 }
             }
             Pending::Dropped { socket } => {

@@ -1,0 +1,20 @@
+//! Test tooling for the SDK's driver and for connectors built on it (feature `test-util`;
+//! not for production code).
+//!
+//! * [`SimRuntime`]: a [`Runtime`](crate::Runtime) with a virtual clock on a deterministic,
+//!   single-threaded executor, whose TCP connections are in-memory pipes. The real driver
+//!   runs on it unchanged, so timing behaviour (keep-alive, write stalls, close grace,
+//!   back-off, shutdown) is tested without waiting and without flakiness.
+//! * [`Duplex`] and [`PipeControl`]: the pipes, with the means to reach under the WebSocket
+//!   layer (raw bytes, resets) and to count what went through. A peer that stops reading is
+//!   simply one that does not read: the pipe fills and writes wait, as with a full TCP
+//!   window.
+//!
+//! The test plays the server on the other end of each pipe, for instance with
+//! `async_tungstenite::accept_async(sim.accept().await)`.
+
+mod pipe;
+mod sim;
+
+pub use pipe::{Duplex, PipeControl, duplex};
+pub use sim::{SimJoin, SimRuntime, SimTask, SimTimer};

@@ -1,0 +1,115 @@
+//! Automatic mode off the caller's thread: [`Health::report_source_state`] records a source's
+//! state and returns at once; a worker thread opens or closes the TCP probe (a bind, a
+//! thread start or join, a loopback connect) afterwards.
+//!
+//! [`Health::report_source_state`]: crate::Health::report_source_state
+
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use crate::Inner;
+use crate::sync::lock;
+
+/// Requests made and applied, counted.
+#[derive(Default)]
+struct Progress {
+    requested: u64,
+    applied: u64,
+    stop: bool,
+}
+
+/// Shared between the [`Health`](crate::Health) handles and the worker.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+    worker: Mutex<Option<(ThreadId, JoinHandle<()>)>>,
+}
+
+impl Deferred {
+    /// Starts the worker if it does not run yet.
+    pub(crate) fn start(self: &Arc<Self>, inner: Weak<Inner>) {
+        let mut worker = lock(&self.worker);
+        if worker.is_some() {
+            return;
+        }
+        lock(&self.progress).stop = false;
+        let me = self.clone();
+        match std::thread::Builder::new()
+            .name("vantiq-health-auto".to_owned())
+            .spawn(move || me.run(&inner))
+        {
+            Ok(handle) => *worker = Some((handle.thread().id(), handle)),
+            Err(e) => {
+                tracing::warn!(error = %e, "automatic health: could not start its thread; applied inline instead")
+            }
+        }
+    }
+
+    /// Whether a worker runs (otherwise requests are applied by the caller).
+    pub(crate) fn running(&self) -> bool {
+        lock(&self.worker).is_some()
+    }
+
+    /// Asks the worker to apply the current state.
+    pub(crate) fn request(&self) {
+        lock(&self.progress).requested += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until every request made so far is applied, at most `timeout`. True if so.
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut p = lock(&self.progress);
+        let target = p.requested;
+        while p.applied < target && !p.stop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            p = match self.changed.wait_timeout(p, left) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        p.applied >= target
+    }
+
+    /// Stops the worker and waits for it (unless called from the worker itself).
+    pub(crate) fn stop(&self) {
+        lock(&self.progress).stop = true;
+        self.changed.notify_all();
+        let worker = lock(&self.worker).take();
+        if let Some((id, handle)) = worker
+            && id != std::thread::current().id()
+        {
+            let _ = handle.join();
+        }
+    }
+
+    fn run(&self, inner: &Weak<Inner>) {
+        loop {
+            let target = {
+                let mut p = lock(&self.progress);
+                while p.applied >= p.requested && !p.stop {
+                    p = match self.changed.wait(p) {
+                        Ok(g) => g,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                }
+                if p.stop {
+                    return;
+                }
+                p.requested
+            };
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            inner.apply_auto_now();
+            drop(inner);
+            lock(&self.progress).applied = target;
+            self.changed.notify_all();
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The connection's two queues: what waits for the socket (the outbox), and notifications
+//! waiting for a session (the offline queue). Both count their bytes.
+
+use std::collections::VecDeque;
+
+use crate::json::Json;
+use crate::url::TargetUrl;
+
+/// One action waiting for the driver. Notifications stay as [`Json`] until the driver takes
+/// them, so that a socket that ends first gives them back without re-parsing.
+#[derive(Debug)]
+pub(super) enum Out {
+    Connect(TargetUrl),
+    Frame(String),
+    Notification(Json),
+    Ping([u8; 8]),
+    Close { code: u16, reason: &'static str },
+    Abort,
+}
+
+impl Out {
+    fn bytes(&self) -> usize {
+        match self {
+            Out::Frame(f) => f.len(),
+            Out::Notification(n) => n.len(),
+            _ => 0,
+        }
+    }
+
+    pub(super) fn needs_write(&self) -> bool {
+        matches!(self, Out::Frame(_) | Out::Notification(_) | Out::Ping(_))
+    }
+}
+
+/// What waits for the driver, in order. Invariant kept by the connection: an action that
+/// opens, closes or drops a socket is never behind a frame (a socket that ends takes its
+/// frames back first), so a driver whose socket cannot write still gets those actions.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    items: VecDeque<Out>,
+    bytes: usize,
+    writes: usize,
+    notifications: usize,
+}
+
+impl Outbox {
+    pub(super) fn push(&mut self, out: Out) {
+        self.bytes += out.bytes();
+        self.writes += usize::from(out.needs_write());
+        self.notifications += usize::from(matches!(out, Out::Notification(_)));
+        self.items.push_back(out);
+    }
+
+    /// Puts a ping ahead of the frames: it is small, and its deadline runs from now.
+    pub(super) fn push_ping(&mut self, payload: [u8; 8]) {
+        self.writes += 1;
+        self.items.push_front(Out::Ping(payload));
+    }
+
+    /// The next action, unless it is a write and the socket cannot take one.
+    pub(super) fn pop(&mut self, writable: bool) -> Option<Out> {
+        if !writable && self.items.front().is_some_and(Out::needs_write) {
+            return None;
+        }
+        let out = self.items.pop_front()?;
+        self.bytes -= out.bytes();
+        self.writes -= usize::from(out.needs_write());
+        self.notifications -= usize::from(matches!(out, Out::Notification(_)));
+        Some(out)
+    }
+
+    /// Bytes of frames and notifications waiting.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Notifications waiting.
+    pub(super) fn notifications(&self) -> usize {
+        self.notifications
+    }
+
+    /// Whether a frame, notification or ping waits.
+    pub(super) fn has_writes(&self) -> bool {
+        self.writes > 0
+    }
+
+    /// Takes every write out of the outbox, giving back the notifications in order; other
+    /// frames are dropped (replies and handshake frames belong to the socket that ended),
+    /// and the actions on sockets (connect, close, drop) stay.
+    pub(super) fn take_notifications(&mut self) -> Vec<Json> {
+        let mut back = Vec::new();
+        self.items.retain_mut(|o| match o {
+            Out::Notification(_) => {
+                if let Out::Notification(n) = std::mem::replace(o, Out::Abort) {
+                    back.push(n);
+                }
+                false
+            }
+            Out::Frame(_) | Out::Ping(_) => false,
+            Out::Connect(_) | Out::Close { .. } | Out::Abort => true,
+        });
+        self.bytes = 0;
+        self.writes = 0;
+        self.notifications = 0;
+        back
+    }
+}
+
+/// Notifications waiting for the next session.
+#[derive(Debug, Default)]
+pub(super) struct Offline {
+    items: VecDeque<Json>,
+    bytes: usize,
+}
+
+impl Offline {
+    pub(super) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub(super) fn push_back(&mut self, n: Json) {
+        self.bytes += n.len();
+        self.items.push_back(n);
+    }
+
+    /// Puts notifications that were already accepted back at the front, in their order
+    /// (past the limits: they were accepted once).
+    pub(super) fn push_front_all(&mut self, ns: Vec<Json>) {
+        for n in ns.into_iter().rev() {
+            self.bytes += n.len();
+            self.items.push_front(n);
+        }
+    }
+
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = Json> + '_ {
+        self.bytes = 0;
+        self.items.drain(..)
+    }
+}
