@@ -42,7 +42,7 @@
 //!             Ok(())
 //!         })
 //!         .on_query(|_source, query| async move {
-//!             let n: u64 = query.params().to_value()["rows"].as_u64().unwrap_or(0);
+//!             let n: u64 = query.params().try_to_value()?["rows"].as_u64().unwrap_or(0);
 //!             if n > 1000 {
 //!                 query.error(QueryError::new("demo.tooMany", "{0} rows is too many", [n])).await?;
 //!             } else {
