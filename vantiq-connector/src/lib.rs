@@ -8,6 +8,15 @@
 //! driver loop that binds a `vantiq_proto::Connection` to a socket. A runtime crate supplies
 //! only a [`Runtime`]: TCP connect, a timer, and spawn.
 //!
+//! # Secrets and logs
+//!
+//! The SDK's own logs, errors and `Debug` output never show the token, the password or the
+//! reconnect secret. The WebSocket library, tungstenite, logs every frame's payload at
+//! `trace` through the `log` crate: keep it at `debug` with [`SECRET_SAFE_LOG_DIRECTIVE`]
+//! when you log at `trace` with a `log` bridge. Risky settings (credentials sent in plain
+//! text, a `server.config` with the token that others can read, no incoming size limit) are
+//! in [`ServerConfig::warnings`], which a [`ConnectorSet`] logs once when it is built.
+//!
 //! # Example
 //!
 //! A complete connector (with the tokio runtime crate, which re-exports this API):
@@ -61,6 +70,7 @@ mod handler;
 mod lane;
 mod query;
 mod runtime;
+mod secrets;
 mod set;
 mod source;
 mod transport;
@@ -68,6 +78,7 @@ mod transport;
 pub use handler::{Handler, HandlerError, HandlerResult};
 pub use query::{DROPPED_CODE, HANDLER_FAILED_CODE, NO_HANDLER_CODE, Query, ReplyError};
 pub use runtime::{BoxFuture, Runtime, Timer};
+pub use secrets::SECRET_SAFE_LOG_DIRECTIVE;
 pub use set::{
     ConnectorError, ConnectorSet, ShutdownHandle, load_config_file, load_config_from_dir,
 };
