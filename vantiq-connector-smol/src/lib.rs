@@ -11,6 +11,10 @@
 //! on the `smol` umbrella crate, so a connector does not build smol's file, process and signal
 //! support unless it uses them itself.
 //!
+//! Logging at `trace` with a `log` bridge (tracing-subscriber's default features, env_logger)?
+//! Add [`SECRET_SAFE_LOG_DIRECTIVE`] to your filter: the WebSocket library logs every frame,
+//! the token included, at `trace`.
+//!
 //! # Example
 //!
 //! An echo connector: it reads `serverConfig/server.config` (or `./server.config`), serves
