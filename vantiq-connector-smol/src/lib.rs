@@ -3,8 +3,17 @@
 //!
 //! This crate is the whole SDK with smol filled in: it re-exports the API of
 //! `vantiq-connector` (handlers, [`Source`] and [`Query`] handles, health, shutdown) and adds
-//! [`Smol`], the binding to `async-net` TCP, `async-io` timers and `smol::spawn`. Connector
-//! code moves to `vantiq-connector-tokio` by changing this import and nothing else.
+//! [`Smol`], the binding to `async-net` TCP, `async-io` timers and an `async-executor` of its
+//! own for the connector's tasks (see [`Smol`]). Connector code moves to
+//! `vantiq-connector-tokio` by changing this import and nothing else.
+//!
+//! It depends on the parts of smol it uses (`async-io`, `async-net`, `async-executor`), not
+//! on the `smol` umbrella crate, so a connector does not build smol's file, process and signal
+//! support unless it uses them itself.
+//!
+//! Logging at `trace` with a `log` bridge (tracing-subscriber's default features, env_logger)?
+//! Add [`SECRET_SAFE_LOG_DIRECTIVE`] to your filter: the WebSocket library logs every frame,
+//! the token included, at `trace`.
 //!
 //! # Example
 //!
@@ -27,15 +36,57 @@
 //! ```
 
 use std::io;
+use std::sync::Once;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use async_executor::Executor;
 pub use vantiq_connector::*;
 
-/// The smol binding: TCP from `async-net`, timers from `async-io`, tasks from
-/// `smol::spawn` (smol's global executor; set `SMOL_THREADS` for more than one thread).
+/// The smol binding: TCP from `async-net`, timers from `async-io`, tasks on this crate's own
+/// executor.
+///
+/// Each source's task runs on a process-wide `async-executor` that belongs to this crate:
+/// `SMOL_THREADS` threads (default 1, as for smol's global executor), started on the first
+/// spawn and named `vantiq-smol-0`, `vantiq-smol-1`, …. So the connector runs whatever
+/// drives your code: `smol::block_on`, `async_io::block_on`, an executor of your own, and
+/// smol's global executor is left to your tasks. Sockets and timers use `async-io`'s reactor,
+/// which every `async-io` based executor shares.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Smol;
+
+/// The executor the connector's tasks run on.
+static EXECUTOR: Executor<'static> = Executor::new();
+
+/// Starts the executor's threads, once.
+fn executor() -> &'static Executor<'static> {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        let threads = std::env::var("SMOL_THREADS")
+            .ok()
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(1);
+        for n in 0..threads {
+            let started = std::thread::Builder::new()
+                .name(format!("vantiq-smol-{n}"))
+                .spawn(|| {
+                    // A panicking task hands its panic to whoever awaits it; the loop only
+                    // guards against a panic escaping the executor itself.
+                    loop {
+                        let run = std::panic::AssertUnwindSafe(|| {
+                            async_io::block_on(EXECUTOR.run(std::future::pending::<()>()));
+                        });
+                        let _ = std::panic::catch_unwind(run);
+                    }
+                });
+            if let Err(e) = started {
+                tracing::error!(thread = n, error = %e, "could not start an executor thread");
+            }
+        }
+    });
+    &EXECUTOR
+}
 
 /// An `async_io::Timer` that can be moved.
 #[derive(Debug)]
@@ -56,7 +107,7 @@ impl Timer for SmolTimer {
 impl Runtime for Smol {
     type Tcp = async_net::TcpStream;
     type Timer = SmolTimer;
-    type Task = smol::Task<()>;
+    type Task = async_executor::Task<()>;
 
     fn connect_tcp(&self, host: String, port: u16) -> BoxFuture<'static, io::Result<Self::Tcp>> {
         Box::pin(async move {
@@ -74,10 +125,49 @@ impl Runtime for Smol {
         SmolTimer(async_io::Timer::at(deadline))
     }
 
-    fn spawn(&self, future: BoxFuture<'static, ()>) -> smol::Task<()> {
-        smol::spawn(future)
+    fn spawn(&self, future: BoxFuture<'static, ()>) -> async_executor::Task<()> {
+        executor().spawn(future)
     }
 }
 
 /// A connector set on smol. See [`vantiq_connector::ConnectorSet`].
 pub type ConnectorSet = vantiq_connector::ConnectorSet<Smol>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nothing() -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+
+    #[test]
+    fn tasks_run_on_the_crates_executor_under_smol_block_on() {
+        let (tx, rx) = async_channel::bounded(1);
+        let task = Smol.spawn(Box::pin(async move {
+            let name = std::thread::current().name().map(str::to_owned);
+            let _ = tx.send(name).await;
+        }));
+        let name = smol::block_on(async {
+            task.await;
+            rx.recv().await
+        });
+        let name = name.unwrap().unwrap();
+        assert!(name.starts_with("vantiq-smol-"), "{name}");
+        // And under a bare async-io block_on.
+        async_io::block_on(Smol.spawn(nothing()));
+    }
+
+    #[test]
+    fn a_panicking_task_leaves_the_executor_serving() {
+        let panicked = std::panic::catch_unwind(|| {
+            smol::block_on(Smol.spawn(Box::pin(async { panic!("task panics on purpose") })));
+        });
+        assert!(panicked.is_err());
+        let (tx, rx) = async_channel::bounded(1);
+        smol::block_on(Smol.spawn(Box::pin(async move {
+            let _ = tx.send(7).await;
+        })));
+        assert_eq!(rx.try_recv(), Ok(7));
+    }
+}

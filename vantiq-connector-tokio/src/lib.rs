@@ -5,6 +5,10 @@
 //! [`Tokio`], the binding to tokio's TCP, timers and tasks. Connector code moves to
 //! `vantiq-connector-smol` by changing this import and nothing else.
 //!
+//! Logging at `trace` with a `log` bridge (tracing-subscriber's default features, env_logger)?
+//! Add [`SECRET_SAFE_LOG_DIRECTIVE`] to your filter: the WebSocket library logs every frame,
+//! the token included, at `trace`.
+//!
 //! # Example
 //!
 //! An echo connector: it reads `serverConfig/server.config` (or `./server.config`), serves
@@ -26,7 +30,7 @@
 //!             Ok(())
 //!         })
 //!         .on_query(|_source, query| async move {
-//!             let rows = query.params().to_value()["rows"].as_u64().unwrap_or(0);
+//!             let rows = query.params().try_to_value()?["rows"].as_u64().unwrap_or(0);
 //!             if rows > 10_000 {
 //!                 let e = QueryError::new("echo.tooMany", "{0} rows is too many", [rows]);
 //!                 query.error(e).await?;

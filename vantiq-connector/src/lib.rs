@@ -8,6 +8,15 @@
 //! driver loop that binds a `vantiq_proto::Connection` to a socket. A runtime crate supplies
 //! only a [`Runtime`]: TCP connect, a timer, and spawn.
 //!
+//! # Secrets and logs
+//!
+//! The SDK's own logs, errors and `Debug` output never show the token, the password or the
+//! reconnect secret. The WebSocket library, tungstenite, logs every frame's payload at
+//! `trace` through the `log` crate: keep it at `debug` with [`SECRET_SAFE_LOG_DIRECTIVE`]
+//! when you log at `trace` with a `log` bridge. Risky settings (credentials sent in plain
+//! text, a `server.config` with the token that others can read, no incoming size limit) are
+//! in [`ServerConfig::warnings`], which a [`ConnectorSet`] logs once when it is built.
+//!
 //! # Example
 //!
 //! A complete connector (with the tokio runtime crate, which re-exports this API):
@@ -43,7 +52,7 @@
 //!             Ok(())
 //!         })
 //!         .on_query(|_source, query| async move {
-//!             let n: u64 = query.params().to_value()["rows"].as_u64().unwrap_or(0);
+//!             let n: u64 = query.params().try_to_value()?["rows"].as_u64().unwrap_or(0);
 //!             if n > 1000 {
 //!                 query.error(QueryError::new("demo.tooMany", "{0} rows is too many", [n])).await?;
 //!             } else {
@@ -63,6 +72,7 @@ mod handler;
 mod lane;
 mod query;
 mod runtime;
+mod secrets;
 mod set;
 mod source;
 #[cfg(feature = "test-util")]
@@ -72,6 +82,7 @@ mod transport;
 pub use handler::{Handler, HandlerError, HandlerResult};
 pub use query::{DROPPED_CODE, HANDLER_FAILED_CODE, NO_HANDLER_CODE, Query};
 pub use runtime::{BoxFuture, Runtime, Timer};
+pub use secrets::SECRET_SAFE_LOG_DIRECTIVE;
 pub use set::{
     ConnectorError, ConnectorSet, ShutdownHandle, load_config_file, load_config_from_dir,
 };

@@ -151,9 +151,11 @@ pub fn load_config_file(path: &Path) -> Result<ServerConfig, ConnectorError> {
         error,
     })?;
     let origin = path.display().to_string();
-    Ok(ServerConfig::parse_bytes(&bytes, &origin, |k| {
+    let mut config = ServerConfig::parse_bytes(&bytes, &origin, |k| {
         (k == TOKEN_ENV).then(|| std::env::var(k).ok()).flatten()
-    })?)
+    })?;
+    crate::secrets::check_config_file_mode(path, &mut config);
+    Ok(config)
 }
 
 fn os_seed() -> u64 {
@@ -395,6 +397,7 @@ impl<R: Runtime> ConnectorSet<R> {
         for source in &self.sources {
             let mut cfg =
                 ConnectionConfig::from_server_config(&self.config, source.name(), os_seed());
+            crate::secrets::use_os_reconnect_secret(&mut cfg, &self.config);
             if let Some(t) = &self.tweak {
                 t(&mut cfg);
             }

@@ -198,7 +198,10 @@ impl fmt::Debug for ServerConfig {
             .field("health_probe_port", &self.health_probe_port)
             .field("auto_health", &self.auto_health)
             .field("fail_on_connection_error", &self.fail_on_connection_error)
-            .field("reconnect_secret", &self.reconnect_secret)
+            .field(
+                "reconnect_secret",
+                &self.reconnect_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("connect", &self.connect)
             .finish_non_exhaustive()
     }
@@ -284,6 +287,20 @@ impl Reader<'_> {
         }
     }
 }
+
+/// The warning for a `targetServer` that is neither TLS nor on this machine.
+fn plain_text_warning(target_server: &str) -> String {
+    format!(
+        "{}: `{target_server}` is not encrypted: the credentials (token or password) and every \
+         message cross the network in plain text; use https:// (or wss://)",
+        keys::TARGET_SERVER
+    )
+}
+
+/// The warning for `connectKWArgs` `{"max_size": null}`.
+const UNLIMITED_SIZE_WARNING: &str = "connectKWArgs: `max_size` is null: incoming messages \
+     have no size limit, so the server (or anything between it and the connector) can make the \
+     connector hold a message of any size in memory; give a number of bytes instead";
 
 /// `true/false`, `yes/no`, `on/off`, `1/0`, case-insensitive.
 fn parse_bool(raw: &str) -> Option<bool> {
@@ -371,7 +388,10 @@ fn parse_connect_kw_args(r: &mut Reader<'_>) -> Result<ConnectOptions, ConfigErr
             }
             "max_size" => {
                 opts.max_message_size = Some(match v {
-                    serde_json::Value::Null => None,
+                    serde_json::Value::Null => {
+                        r.warnings.push(UNLIMITED_SIZE_WARNING.to_owned());
+                        None
+                    }
                     other => Some(
                         other
                             .as_u64()
@@ -452,6 +472,9 @@ impl ServerConfig {
             .to_owned();
         let target = TargetUrl::parse(&target_server)
             .map_err(|e| r.err(keys::TARGET_SERVER, e.to_string()))?;
+        if !target.is_secure() && !target.is_loopback() {
+            r.warnings.push(plain_text_warning(&target_server));
+        }
         let credentials = if let Some(token) = r.non_blank(keys::AUTH_TOKEN) {
             Credentials::Token(Secret::new(token))
         } else if let Some(token) = env(TOKEN_ENV).filter(|t| !t.trim().is_empty()) {
@@ -642,10 +665,21 @@ impl ServerConfig {
         self.properties.get(key)
     }
 
-    /// Things worth a warning in the log (ignored `connectKWArgs` options, empty values).
+    /// Things worth a warning in the log: ignored `connectKWArgs` options, empty values, a
+    /// `targetServer` that sends the credentials in plain text (`http://` or `ws://` to a host
+    /// other than this machine), `max_size` null (no incoming size limit), and whatever the
+    /// code that read the file added with [`ServerConfig::add_warning`] (such as a file
+    /// holding the token that others can read). A connector set logs each once when it is
+    /// built.
     #[must_use]
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Adds a warning found outside the text, such as by the code that read the file (its
+    /// permissions). It joins [`ServerConfig::warnings`].
+    pub fn add_warning(&mut self, warning: impl Into<String>) {
+        self.warnings.push(warning.into());
     }
 
     /// Replaces the source list (e.g. to run a subset), checking it like the file's.
@@ -751,7 +785,84 @@ mod tests {
         assert_eq!(o.close_timeout, Some(Duration::from_secs(1)));
         assert_eq!(
             c.warnings(),
-            ["connectKWArgs: option `max_queue` has no meaning for this SDK and is ignored"]
+            [
+                "connectKWArgs: option `max_queue` has no meaning for this SDK and is ignored",
+                UNLIMITED_SIZE_WARNING,
+            ]
+        );
+    }
+
+    #[test]
+    fn reconnect_secret_never_in_debug() {
+        let c = cfg(&format!("{BASE}reconnectSecret=RSECRET42")).unwrap();
+        assert_eq!(c.reconnect_secret(), Some("RSECRET42"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("RSECRET42"), "{dbg}");
+        assert!(
+            dbg.contains("reconnect_secret: Some(\"<redacted>\")"),
+            "{dbg}"
+        );
+        let dbg = format!("{:?}", cfg(BASE).unwrap());
+        assert!(dbg.contains("reconnect_secret: None"), "{dbg}");
+    }
+
+    #[test]
+    fn plain_text_target_warns_unless_loopback() {
+        for target in [
+            "http://dev.vantiq.com",
+            "ws://10.1.2.3:8080",
+            "HTTP://[2001:db8::1]",
+        ] {
+            let c = cfg(&format!("targetServer={target}\nauthToken=t\nsources=a")).unwrap();
+            assert_eq!(
+                c.warnings(),
+                [format!(
+                    "targetServer: `{target}` is not encrypted: the credentials (token or \
+                     password) and every message cross the network in plain text; use https:// \
+                     (or wss://)"
+                )],
+                "{target}"
+            );
+        }
+        // Username and password are credentials too.
+        let c =
+            cfg("targetServer=http://vantiq.internal\nusername=u\npassword=p\nsources=a").unwrap();
+        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+        for target in [
+            "https://dev.vantiq.com",
+            "wss://dev.vantiq.com",
+            "dev.vantiq.com",
+            "http://localhost:8080",
+            "ws://127.0.0.1:8080",
+            "http://127.8.9.10",
+            "ws://[::1]:8080",
+        ] {
+            let c = cfg(&format!("targetServer={target}\nauthToken=t\nsources=a")).unwrap();
+            assert!(c.warnings().is_empty(), "{target}: {:?}", c.warnings());
+        }
+    }
+
+    #[test]
+    fn unlimited_message_size_warns() {
+        let c = cfg(&format!("{BASE}connectKWArgs={{\"max_size\": null}}")).unwrap();
+        assert_eq!(c.connect_options().max_message_size, Some(None));
+        assert_eq!(c.warnings(), [UNLIMITED_SIZE_WARNING]);
+        assert!(UNLIMITED_SIZE_WARNING.contains("no size limit"));
+        let c = cfg(&format!("{BASE}connectKWArgs={{\"max_size\": 1048576}}")).unwrap();
+        assert_eq!(c.connect_options().max_message_size, Some(Some(1 << 20)));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn added_warnings_join_the_list() {
+        let mut c = cfg(&format!("{BASE}sendPings=")).unwrap();
+        c.add_warning("the file is readable by others");
+        assert_eq!(
+            c.warnings(),
+            [
+                "sendPings is empty; using the default (true)",
+                "the file is readable by others"
+            ]
         );
     }
 

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 /// query reply, a notification) cross the SDK as `Json`: decoding a frame copies the payload's
 /// text once and never builds a tree, and encoding a frame splices the text in as it is. Turn it
 /// into your own type with [`Json::parse`], or into a [`serde_json::Value`] with
-/// [`Json::to_value`].
+/// [`Json::try_to_value`].
 ///
 /// ```
 /// use vantiq_proto::Json;
@@ -122,13 +122,40 @@ impl Json {
         serde_json::from_str(self.0.get())
     }
 
-    /// Parses the text into a [`serde_json::Value`] tree. JSON nested deeper than
-    /// `serde_json`'s recursion limit (128 levels) gives `Null`; use [`Json::parse`] to get
-    /// the error instead.
+    /// Parses the text into a [`serde_json::Value`] tree.
+    ///
+    /// # Errors
+    /// The value is nested deeper than `serde_json`'s recursion limit (128 levels). A `Json`
+    /// can hold such a value (a frame carries its payload as text without building a tree),
+    /// so a payload from the server can make this fail: handle the error rather than assume
+    /// a tree.
+    ///
+    /// ```
+    /// use vantiq_proto::Json;
+    ///
+    /// let shallow = Json::from_string(r#"{"rows": 3}"#.to_owned()).unwrap();
+    /// assert_eq!(shallow.try_to_value().unwrap()["rows"], 3);
+    ///
+    /// let deep = Json::from_string(format!("{}{}", "[".repeat(200), "]".repeat(200))).unwrap();
+    /// assert!(deep.try_to_value().is_err());
+    /// ```
+    pub fn try_to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// Transitional: [`Json::try_to_value`], with `Null` in place of the error, which it also
+    /// logs as a warning. Kept until the last callers move to [`Json::try_to_value`]; new
+    /// code should not use it.
     #[must_use]
     pub fn to_value(&self) -> serde_json::Value {
-        // The text was validated when this value was made, so parsing cannot fail; stay total.
-        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+        self.try_to_value().unwrap_or_else(|e| {
+            tracing::warn!(
+                bytes = self.len(),
+                error = %e,
+                "a JSON value could not be turned into a tree; using null"
+            );
+            serde_json::Value::Null
+        })
     }
 
     /// The underlying raw value.
@@ -179,5 +206,36 @@ impl Serialize for Json {
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Box::<RawValue>::deserialize(deserializer).map(Json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn deep_value_is_an_error_not_null() {
+        // 127 levels is the deepest tree serde_json builds; a `Json` holds deeper text.
+        let ok = Json::from_string(nested(127)).unwrap();
+        assert!(ok.try_to_value().unwrap().is_array());
+        let deep = Json::from_string(nested(129)).unwrap();
+        let err = deep.try_to_value().unwrap_err();
+        assert!(
+            err.to_string().contains("recursion limit exceeded"),
+            "{err}"
+        );
+        let deep = Json::from_string(nested(10_000)).unwrap();
+        assert!(deep.try_to_value().is_err());
+    }
+
+    #[test]
+    fn transitional_to_value_agrees_when_the_tree_fits() {
+        let j = Json::from_string(r#"{"a":[1,{"b":null}]}"#.to_owned()).unwrap();
+        assert_eq!(j.to_value(), j.try_to_value().unwrap());
+        assert_eq!(j.to_value(), serde_json::json!({"a": [1, {"b": null}]}));
     }
 }

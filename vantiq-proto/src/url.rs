@@ -189,6 +189,24 @@ impl TargetUrl {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Whether the host is this machine: `localhost` (any case, with or without the final
+    /// dot), an address in `127.0.0.0/8`, or `::1` (also as `::ffff:127.x.y.z`). Traffic to
+    /// it never leaves the machine, so a plain `ws://` there exposes nothing on a network.
+    #[must_use]
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host.strip_suffix('.').unwrap_or(&self.host);
+        if host.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+            Ok(std::net::IpAddr::V6(ip)) => {
+                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl fmt::Display for TargetUrl {
@@ -207,6 +225,37 @@ impl std::str::FromStr for TargetUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LocalHost",
+            "localhost.",
+            "127.0.0.1",
+            "127.255.0.9",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+        ] {
+            let u = TargetUrl::parse(&format!("http://{host}:8080")).unwrap();
+            assert!(u.is_loopback(), "{host}");
+        }
+        for host in [
+            "dev.vantiq.com",
+            "localhost.example.com",
+            "mylocalhost",
+            "128.0.0.1",
+            "10.0.0.1",
+            "0.0.0.0",
+            "[::]",
+            "[::2]",
+            "[::ffff:10.0.0.1]",
+            "127.0.0.1.nip.io",
+        ] {
+            let u = TargetUrl::parse(&format!("http://{host}:8080")).unwrap();
+            assert!(!u.is_loopback(), "{host}");
+        }
+    }
 
     /// Every row of protocol.md 1.2, plus our own edge cases, with the result we choose.
     #[test]
