@@ -100,6 +100,10 @@ pub mod frame;
 mod json;
 mod properties;
 mod query;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod url;
 
 pub use backoff::{Backoff, Rng};
