@@ -93,20 +93,34 @@
 //! # }
 //! ```
 
-mod conn;
-mod control;
-mod error;
-mod http;
-mod query;
-mod records;
-mod server;
-mod source;
+// Layers, each using only those above it: util, error, records; hub (the shared state
+// around the sans-IO server); socket (one WebSocket's I/O); source (SourceHandle); http
+// (request heads and responses); control (the control API and REST routes); server
+// (TestServer, the listener and the routing).
 mod util;
 
+mod error;
+mod records;
+
+mod hub;
+
+mod socket;
+
+mod source;
+
+mod http;
+
+mod control;
+
+mod server;
+
 pub use error::{Result, TestkitError};
-pub use query::QueryResult;
 pub use records::{
-    Anomaly, AnomalyKind, ConnectAttempt, ConnectOutcome, FrameRecord, RawFrame, SourceInfo,
+    Anomaly, AnomalyKind, ConnectAttempt, ConnectOutcome, FrameRecord, QueryResult, RawFrame,
+    SourceInfo,
 };
-pub use server::{TestServer, TestServerBuilder, codes};
+pub use server::{DEFAULT_RECORD_LIMIT, TestServer, TestServerBuilder, codes};
 pub use source::SourceHandle;
+/// The server side of the protocol, sans-IO, that this server runs on: use it directly to
+/// test a connector's driver without sockets (see [`vantiq_proto::server`]).
+pub use vantiq_proto::server as proto_server;

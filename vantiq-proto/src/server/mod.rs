@@ -211,9 +211,9 @@ impl fmt::Display for ConnectionId {
     }
 }
 
-/// What the host must do with the socket, in order.
+/// What the host must do with the socket, in order. (Exhaustive on purpose: a host that does
+/// not perform every kind of transmit is broken, so a new kind is a breaking change.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ServerTransmit {
     /// Send this text frame.
     Text(String),
