@@ -48,21 +48,16 @@ fn error(status: u16, message: impl Into<String>) -> Reply {
 }
 
 /// Reads the request body and answers with `route`.
-async fn serve(
-    mut tcp: TcpStream,
-    head: Head,
-    route: impl AsyncFnOnce(&Head, Vec<u8>) -> Reply,
-) {
-    let body = match tokio::time::timeout(REQUEST_TIMEOUT, read_body(&mut tcp, &head, MAX_BODY))
-        .await
-    {
-        Ok(Ok(body)) => body,
-        Ok(Err(Some((status, message)))) => {
-            let _ = respond_json(&mut tcp, status, &json!({ "error": message })).await;
-            return;
-        }
-        Ok(Err(None)) | Err(_) => return,
-    };
+async fn serve(mut tcp: TcpStream, head: Head, route: impl AsyncFnOnce(&Head, Vec<u8>) -> Reply) {
+    let body =
+        match tokio::time::timeout(REQUEST_TIMEOUT, read_body(&mut tcp, &head, MAX_BODY)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(Some((status, message)))) => {
+                let _ = respond_json(&mut tcp, status, &json!({ "error": message })).await;
+                return;
+            }
+            Ok(Err(None)) | Err(_) => return,
+        };
     let Reply(status, value) = route(&head, body).await;
     let _ = respond_json(&mut tcp, status, &value).await;
 }
@@ -360,7 +355,10 @@ async fn frame(handle: &SourceHandle, params: &Params, body: Vec<u8>) -> Reply {
         }
     };
     match handle.send_raw(frame).await {
-        Ok(()) => Reply(202, json!({ "sent": if binary { "binary" } else { "text" } })),
+        Ok(()) => Reply(
+            202,
+            json!({ "sent": if binary { "binary" } else { "text" } }),
+        ),
         Err(e) => from_error(&e),
     }
 }
@@ -375,7 +373,12 @@ pub(crate) fn rest_route(path: &str) -> Option<Vec<String>> {
         return None;
     }
     let tail = tail.strip_prefix("resources/sources/")?;
-    Some(tail.trim_end_matches('/').split('/').map(percent_decode).collect())
+    Some(
+        tail.trim_end_matches('/')
+            .split('/')
+            .map(percent_decode)
+            .collect(),
+    )
 }
 
 /// A Vantiq error list with one error.
@@ -445,7 +448,11 @@ async fn rest(hub: &Arc<Hub>, token: Option<&str>, head: &Head, body: Vec<u8>) -
     let object = match json_body(&body, empty) {
         Ok(j) => j,
         Err(Reply(_, v)) => {
-            let message = v["error"].as_str().unwrap_or("bad request").to_owned();
+            let message = v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("bad request")
+                .to_owned();
             return vantiq_error(400, "io.vantiq.request.invalid", &message, json!([]));
         }
     };
@@ -464,7 +471,10 @@ async fn rest(hub: &Arc<Hub>, token: Option<&str>, head: &Head, body: Vec<u8>) -
             Err(e) => vantiq_error(500, "io.vantiq.server.error", &e.to_string(), json!([])),
         };
     }
-    match handle.query_with_timeout(object, hub.opts.query_timeout).await {
+    match handle
+        .query_with_timeout(object, hub.opts.query_timeout)
+        .await
+    {
         // The rows of every reply, concatenated: what a VAIL SELECT gets.
         Ok(result) => Reply(200, Value::Array(result.rows)),
         Err(TestkitError::QueryFailed { result, .. }) => match result.error() {
@@ -571,7 +581,10 @@ mod tests {
         assert_eq!(p.number("missing"), Ok(None));
         assert!(p.number("x").is_err());
         assert!(Params::parse("after=-1").number("after").is_err());
-        assert_eq!(Params::parse("reason=a%20b").text("reason").as_deref(), Some("a b"));
+        assert_eq!(
+            Params::parse("reason=a%20b").text("reason").as_deref(),
+            Some("a b")
+        );
     }
 
     #[test]
@@ -589,7 +602,12 @@ mod tests {
         ] {
             assert!(host_allowed(ok, &allowed), "{ok}");
         }
-        for bad in ["evil.example", "evil.example:8088", "localhost.evil.example", "devbox2"] {
+        for bad in [
+            "evil.example",
+            "evil.example:8088",
+            "localhost.evil.example",
+            "devbox2",
+        ] {
             assert!(!host_allowed(bad, &allowed), "{bad}");
         }
     }

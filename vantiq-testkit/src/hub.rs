@@ -17,9 +17,7 @@ use vantiq_proto::server::{
 };
 
 use crate::error::{Result, TestkitError};
-use crate::records::{
-    Anomaly, ConnectAttempt, FrameRecord, QueryResult, Ring, SourceInfo,
-};
+use crate::records::{Anomaly, ConnectAttempt, FrameRecord, QueryResult, Ring, SourceInfo};
 use crate::util::lock;
 
 /// The test kit's own options (the protocol's are in [`ServerOptions`]).
@@ -112,7 +110,11 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(opts: KitOptions, server: ServerOptions, sources: Vec<(String, Json)>) -> Self {
+    pub(crate) fn new(
+        opts: KitOptions,
+        server: ServerOptions,
+        sources: Vec<(String, Json)>,
+    ) -> Self {
         let mut registry = Registry::new(server);
         let mut records = HashMap::new();
         for (name, config) in sources {
@@ -225,7 +227,7 @@ impl Hub {
             let mut n = 0;
             for id in ids {
                 if let Some(c) = inner.conns.get_mut(&id)
-                    && !c.conn.is_closed()
+                    && c.conn.is_open()
                 {
                     c.conn.close(&mut inner.registry, code, reason);
                     n += 1;
@@ -261,7 +263,9 @@ impl Hub {
         self.with(|inner| {
             if let Some(c) = inner.conns.get_mut(&id) {
                 // An undecodable frame is reported as an anomaly event too.
-                let _ = c.conn.handle_frame(Instant::now(), &mut inner.registry, data);
+                let _ = c
+                    .conn
+                    .handle_frame(Instant::now(), &mut inner.registry, data);
             }
             inner.pump(id, &self.opts);
         });
@@ -285,6 +289,7 @@ impl Hub {
             }
             inner.pump(id, &self.opts);
             inner.conns.remove(&id);
+            inner.log_touched = true;
         });
     }
 
@@ -537,7 +542,6 @@ impl Inner {
 
     /// Records one connection event.
     fn record(&mut self, id: ConnectionId, held: Option<&str>, e: ServerEvent, opts: &KitOptions) {
-        let limit = opts.record_limit;
         match e {
             ServerEvent::Frame { frame, source } => {
                 if !opts.record {
@@ -605,7 +609,11 @@ impl Inner {
                 }
             }
             ServerEvent::Anomaly(kind) => {
-                tracing::warn!(connection = id.0, ?kind, "testkit: unexpected input from a connector");
+                tracing::warn!(
+                    connection = id.0,
+                    ?kind,
+                    "testkit: unexpected input from a connector"
+                );
                 if opts.print_frames {
                     print_line(format_args!("!! [conn {}] anomaly: {kind:?}", id.0));
                 }
@@ -616,14 +624,11 @@ impl Inner {
                 });
                 self.log_touched = true;
             }
-            ServerEvent::Closed => {
-                if opts.print_frames {
-                    print_line(format_args!("-- [conn {}] ended", id.0));
-                }
+            ServerEvent::Closed if opts.print_frames => {
+                print_line(format_args!("-- [conn {}] ended", id.0));
             }
             _ => {}
         }
-        let _ = limit;
     }
 }
 

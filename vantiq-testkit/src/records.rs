@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-pub use vantiq_proto::server::{AnomalyKind, ConnectOutcome, QueryResult, RawFrame};
 use vantiq_proto::frame::ClientFrame;
+pub use vantiq_proto::server::{AnomalyKind, ConnectOutcome, QueryResult, RawFrame};
 
 /// One frame received from a connector.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +114,10 @@ impl<T: Clone> Ring<T> {
     /// The kept items of absolute index `after` and up, and the index to ask for next.
     pub(crate) fn after(&self, after: usize) -> (usize, Vec<T>) {
         let skip = after.saturating_sub(self.base);
-        (self.total(), self.items.iter().skip(skip).cloned().collect())
+        (
+            self.total(),
+            self.items.iter().skip(skip).cloned().collect(),
+        )
     }
 }
 
@@ -130,7 +133,10 @@ mod tests {
         }
         assert_eq!(r.total(), 5);
         assert_eq!(r.to_vec(), [2, 3, 4]);
-        assert_eq!((r.get(1), r.get(2), r.get(4), r.get(5)), (None, Some(&2), Some(&4), None));
+        assert_eq!(
+            (r.get(1), r.get(2), r.get(4), r.get(5)),
+            (None, Some(&2), Some(&4), None)
+        );
         assert_eq!(r.after(0), (5, vec![2, 3, 4]));
         assert_eq!(r.after(3), (5, vec![3, 4]));
         assert_eq!(r.after(9), (5, vec![]));

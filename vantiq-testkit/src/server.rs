@@ -16,7 +16,9 @@ use vantiq_proto::server::ServerOptions;
 
 use crate::control::{ControlPolicy, RestPolicy, handle_control, handle_rest, rest_route};
 use crate::error::{Result, TestkitError};
-use crate::http::{HeadError, REQUEST_TIMEOUT, accept_upgrade, is_websocket_path, read_head, respond_json};
+use crate::http::{
+    HeadError, REQUEST_TIMEOUT, accept_upgrade, is_websocket_path, read_head, respond_json,
+};
 use crate::hub::{Hub, KitOptions};
 use crate::records::{Anomaly, FrameRecord, SourceInfo};
 use crate::source::SourceHandle;
@@ -420,10 +422,8 @@ impl TestServer {
     /// # Errors
     /// [`TestkitError::UnknownSource`] when the server has no such source.
     pub fn source(&self, name: &str) -> Result<SourceHandle> {
-        SourceHandle::new(Arc::clone(&self.hub), name).ok_or_else(|| {
-            TestkitError::UnknownSource {
-                name: name.to_owned(),
-            }
+        SourceHandle::new(Arc::clone(&self.hub), name).ok_or_else(|| TestkitError::UnknownSource {
+            name: name.to_owned(),
         })
     }
 
@@ -518,7 +518,9 @@ impl TestServer {
         let guard = served.hub.task_started();
         self.runtime.spawn(async move {
             match async_tungstenite::accept_async_with_config(io, Some(served.ws_config)).await {
-                Ok(ws) => crate::socket::serve(Arc::clone(&served.hub), ws, "a stream".into()).await,
+                Ok(ws) => {
+                    crate::socket::serve(Arc::clone(&served.hub), ws, "a stream".into()).await
+                }
                 Err(error) => tracing::debug!(%error, "testkit: WebSocket handshake failed"),
             }
             drop(guard);
@@ -537,9 +539,7 @@ impl TestServer {
                 format!("{n} anomalies ({count} recorded)")
             },
             |hub| {
-                hub.with(|inner| {
-                    (inner.anomalies.total() >= n).then(|| inner.anomalies.to_vec())
-                })
+                hub.with(|inner| (inner.anomalies.total() >= n).then(|| inner.anomalies.to_vec()))
             },
         )
         .await
@@ -616,4 +616,3 @@ impl Drop for TestServer {
         }
     }
 }
-

@@ -29,7 +29,10 @@ where
 {
     let (id, mut rx) = hub.register();
     if hub.opts.print_frames {
-        print_line(format_args!("-- [conn {}] WebSocket opened from {peer}", id.0));
+        print_line(format_args!(
+            "-- [conn {}] WebSocket opened from {peer}",
+            id.0
+        ));
     }
     let why = run(&hub, id, &mut ws, &mut rx).await;
     hub.on_closed(id);

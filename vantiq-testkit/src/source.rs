@@ -96,9 +96,9 @@ impl SourceHandle {
         timeout: Duration,
     ) -> Result<QueryResult> {
         let start = Instant::now();
-        let (address, mut done) = self
-            .hub
-            .start_query(&self.name, params.into(), start, timeout)?;
+        let (address, mut done) =
+            self.hub
+                .start_query(&self.name, params.into(), start, timeout)?;
         let deadline = tokio::time::Instant::from_std(start) + timeout.min(MAX_TIMEOUT);
         let outcome = match tokio::time::timeout_at(deadline, &mut done).await {
             Ok(outcome) => outcome,
@@ -109,10 +109,7 @@ impl SourceHandle {
                 match done.try_recv() {
                     Ok(outcome) => Ok(outcome),
                     Err(_) => {
-                        let partials = self
-                            .hub
-                            .cancel_query(&address)
-                            .map_or(0, |r| r.parts.len());
+                        let partials = self.hub.cancel_query(&address).map_or(0, |r| r.parts.len());
                         return Err(self.query_timeout(&address, partials, timeout));
                     }
                 }
@@ -262,7 +259,8 @@ impl SourceHandle {
     /// adds nothing.
     #[must_use]
     pub fn close_frames(&self) -> Vec<(Option<u16>, String)> {
-        self.view(|v| v.rec.close_frames.clone()).unwrap_or_default()
+        self.view(|v| v.rec.close_frames.clone())
+            .unwrap_or_default()
     }
 
     /// Every frame received for this source: its `connectExtension`s and everything that
@@ -325,7 +323,9 @@ impl SourceHandle {
             .wait_for(
                 wait,
                 |_| String::new(),
-                |v| (v.rec.notifications.total() != after).then(|| v.rec.notifications.after(after)),
+                |v| {
+                    (v.rec.notifications.total() != after).then(|| v.rec.notifications.after(after))
+                },
             )
             .await;
         got.unwrap_or_else(|_| self.notifications_after(after))

@@ -72,6 +72,13 @@ impl ServerConnection {
         self.held(reg)
     }
 
+    /// Whether the connection is open: not closing (a close frame sent or received) nor
+    /// finished.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
     /// Whether the connection is finished (aborted, or its socket ended).
     #[must_use]
     pub fn is_closed(&self) -> bool {

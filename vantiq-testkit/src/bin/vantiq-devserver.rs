@@ -284,6 +284,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    // Listen for signals before anything is served: a stop requested at any point after
+    // start-up gets the clean close.
+    let stop = stop_signal();
     let mut builder = TestServer::builder()
         .bind(args.listen)
         .control_api(true)
@@ -352,7 +355,7 @@ async fn run(args: Args) -> ExitCode {
             }
         );
     }
-    let signal = wait_for_stop_signal().await;
+    let signal = stop.await;
     println!("vantiq-devserver: {signal}: closing every connection with 1001");
     let clean = server.close_all(Duration::from_secs(3)).await;
     if !clean {
@@ -363,27 +366,37 @@ async fn run(args: Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Waits for SIGTERM or SIGINT (Ctrl-C); names the one that came.
-async fn wait_for_stop_signal() -> &'static str {
+/// Starts listening for SIGTERM and SIGINT (Ctrl-C) at once; the future ends when one comes,
+/// naming it.
+fn stop_signal() -> impl std::future::Future<Output = &'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            },
-            _ => {
-                eprintln!("vantiq-devserver: cannot listen for signals; stop it by killing it");
-                std::future::pending().await
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        async move {
+            match signals {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                _ => {
+                    eprintln!("vantiq-devserver: cannot listen for signals; stop it by killing it");
+                    std::future::pending().await
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        match tokio::signal::ctrl_c().await {
-            Ok(()) => "Ctrl-C",
-            Err(_) => std::future::pending().await,
+        let ctrl_c = tokio::signal::ctrl_c();
+        async move {
+            match ctrl_c.await {
+                Ok(()) => "Ctrl-C",
+                Err(_) => std::future::pending().await,
+            }
         }
     }
 }
