@@ -99,6 +99,17 @@ fn error_list(status: i64, code: &str) -> impl Fn(&Out) -> bool + '_ {
     }
 }
 
+/// The outcomes of the `connectExtension`s among `events`.
+fn outcomes(events: impl IntoIterator<Item = ServerEvent>) -> Vec<ConnectOutcome> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            ServerEvent::ConnectAttempt { outcome, .. } => Some(outcome),
+            _ => None,
+        })
+        .collect()
+}
+
 fn reply(addr: &str, status: i64, body: Option<Value>) -> ClientFrame {
     ClientFrame::QueryReply(QueryReply {
         status: Status(status),
@@ -230,16 +241,8 @@ fn unknown_sources_get_404_and_refusals_count_down() {
         panic!()
     };
     assert_eq!(cfg["op"], "configureExtension");
-    let outcomes: Vec<ConnectOutcome> = s
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            ServerEvent::ConnectAttempt { outcome, .. } => Some(outcome),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        outcomes,
+        outcomes(s.events()),
         [
             ConnectOutcome::UnknownSource,
             ConnectOutcome::RefusedNoStream,
@@ -297,14 +300,8 @@ fn the_same_secret_takes_a_held_source_over_and_another_is_refused() {
             by: other.id()
         })
     );
-    let outcomes: Vec<_> = std::iter::from_fn(|| other.poll_event())
-        .filter_map(|e| match e {
-            ServerEvent::ConnectAttempt { outcome, .. } => Some(outcome),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        outcomes,
+        outcomes(std::iter::from_fn(|| other.poll_event())),
         [
             ConnectOutcome::RefusedAlreadyConnected,
             ConnectOutcome::RefusedAlreadyConnected,

@@ -550,58 +550,27 @@ impl Pair {
 
     // ---- the server's commands --------------------------------------------------------------
 
-    /// The server connection holding [`SOURCE`].
-    fn holder(&mut self) -> Result<&mut ServerConnection, ServerError> {
-        let id = self
-            .registry
+    /// The connection holding [`SOURCE`] (`ConnectionId(0)`: none).
+    fn holder_id(&self) -> ConnectionId {
+        self.registry
             .holder(SOURCE)
-            .map_or(ConnectionId(0), |h| h.connection);
+            .map_or(ConnectionId(0), |h| h.connection)
+    }
+
+    /// The server's end of the client's current socket (`ConnectionId(0)`: none).
+    fn current_id(&self) -> ConnectionId {
         self.servers
-            .iter_mut()
-            .find(|(_, c)| c.id() == id)
-            .map(|(_, c)| c)
-            .ok_or(ServerError::NotAttached { connection: id })
+            .iter()
+            .find(|(s, c)| Some(*s) == self.socket && !c.is_closed())
+            .map_or(ConnectionId(0), |(_, c)| c.id())
     }
 
-    /// The server connection of the client's current socket.
-    fn current(&mut self) -> Result<&mut ServerConnection, ServerError> {
-        let socket = self.socket.unwrap_or(0);
-        self.server_end(socket).ok_or(ServerError::NotAttached {
-            connection: ConnectionId(0),
-        })
-    }
-
-    /// The server publishes `object` to [`SOURCE`].
-    ///
-    /// # Errors
-    /// No connection holds the source configured.
-    pub fn server_publish(&mut self, object: &str) -> Result<(), ServerError> {
-        let object = json(object);
-        let Pair {
-            servers, registry, ..
-        } = self;
-        let id = registry.holder(SOURCE).map(|h| h.connection);
-        let conn = servers
-            .iter_mut()
-            .find(|(_, c)| Some(c.id()) == id)
-            .map(|(_, c)| c)
-            .ok_or(ServerError::NotAttached {
-                connection: ConnectionId(0),
-            })?;
-        conn.publish(registry, object)?;
-        self.drain();
-        Ok(())
-    }
-
-    /// The server queries [`SOURCE`] with `params` (deadline one hour away); returns the
-    /// reply address.
-    ///
-    /// # Errors
-    /// No connection holds the source configured.
-    pub fn server_query(&mut self, params: &str) -> Result<String, ServerError> {
-        let params = json(params);
-        let now = self.now;
-        let id = self.holder()?.id();
+    /// Runs a command on server connection `id`, then moves its output into the world.
+    fn on_server<T>(
+        &mut self,
+        id: ConnectionId,
+        f: impl FnOnce(&mut ServerConnection, &mut Registry) -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
         let Pair {
             servers, registry, ..
         } = self;
@@ -610,9 +579,30 @@ impl Pair {
             .find(|(_, c)| c.id() == id)
             .map(|(_, c)| c)
             .ok_or(ServerError::NotAttached { connection: id })?;
-        let address = conn.query(now, registry, params, Duration::from_secs(3600))?;
+        let value = f(conn, registry)?;
         self.drain();
-        Ok(address)
+        Ok(value)
+    }
+
+    /// The server publishes `object` to [`SOURCE`].
+    ///
+    /// # Errors
+    /// No connection holds the source configured.
+    pub fn server_publish(&mut self, object: &str) -> Result<(), ServerError> {
+        let object = json(object);
+        self.on_server(self.holder_id(), |c, reg| c.publish(reg, object))
+    }
+
+    /// The server queries [`SOURCE`] with `params` (deadline one hour away); returns the
+    /// reply address.
+    ///
+    /// # Errors
+    /// No connection holds the source configured.
+    pub fn server_query(&mut self, params: &str) -> Result<String, ServerError> {
+        let (params, now) = (json(params), self.now);
+        self.on_server(self.holder_id(), |c, reg| {
+            c.query(now, reg, params, Duration::from_secs(3600))
+        })
     }
 
     /// The server sends `reconnectRequired`; the next configuration is `new_config`.
@@ -621,15 +611,9 @@ impl Pair {
     /// No connection holds the source.
     pub fn server_reconnect_required(&mut self, new_config: &str) -> Result<(), ServerError> {
         let config = json(new_config);
-        let id = self.holder()?.id();
-        let Pair {
-            servers, registry, ..
-        } = self;
-        if let Some((_, conn)) = servers.iter_mut().find(|(_, c)| c.id() == id) {
-            conn.reconnect_required(registry, Some(config))?;
-        }
-        self.drain();
-        Ok(())
+        self.on_server(self.holder_id(), |c, reg| {
+            c.reconnect_required(reg, Some(config))
+        })
     }
 
     /// The server sends this text frame as it is on the client's current socket.
@@ -637,9 +621,8 @@ impl Pair {
     /// # Errors
     /// The current socket has no open server end.
     pub fn server_raw(&mut self, text: &str) -> Result<(), ServerError> {
-        self.current()?.send_raw(RawFrame::Text(text.to_owned()))?;
-        self.drain();
-        Ok(())
+        let frame = RawFrame::Text(text.to_owned());
+        self.on_server(self.current_id(), |c, _| c.send_raw(frame))
     }
 
     /// The server closes the client's current socket cleanly with `code`.
@@ -647,29 +630,18 @@ impl Pair {
     /// # Errors
     /// The current socket has no open server end.
     pub fn server_close(&mut self, code: u16) -> Result<(), ServerError> {
-        let id = self.current()?.id();
-        let Pair {
-            servers, registry, ..
-        } = self;
-        if let Some((_, conn)) = servers.iter_mut().find(|(_, c)| c.id() == id) {
-            conn.close(registry, code, "closed by the simulation");
-        }
-        self.drain();
-        Ok(())
+        self.on_server(self.current_id(), |c, reg| {
+            c.close(reg, code, "closed by the simulation");
+            Ok(())
+        })
     }
 
     /// The server drops the client's current socket abruptly (no close frame).
     pub fn drop_socket(&mut self) {
-        let socket = self.socket.unwrap_or(0);
-        let Pair {
-            servers, registry, ..
-        } = self;
-        if let Some((_, conn)) = servers
-            .iter_mut()
-            .find(|(s, c)| *s == socket && !c.is_closed())
-        {
-            conn.abort(registry);
-        }
+        let _ = self.on_server(self.current_id(), |c, reg| {
+            c.abort(reg);
+            Ok(())
+        });
         self.drain();
     }
 
