@@ -1,5 +1,6 @@
 //! The server side of the protocol, sans-IO: what a Vantiq server does with a connector's
-//! WebSocket, for test servers and simulations.
+//! WebSocket, for test servers and simulations (feature `server`; `vantiq-testkit` runs its
+//! embedded server and `vantiq-devserver` on it).
 //!
 //! Two pieces, in the style of [`Connection`](crate::Connection) (inputs take `now`, outputs
 //! are polled, no I/O, no clock, no panics on peer input):
@@ -34,7 +35,9 @@
 //!   connection that lost its source to a takeover: call [`ServerConnection::abort`] on it.
 //! * Read [`Registry::poll_timeout`] and call [`Registry::handle_timeout`] at that instant:
 //!   queries without a terminal reply by their deadline end with
-//!   [`RegistryEvent::QueryTimedOut`]. A connection has no deadlines of its own.
+//!   [`RegistryEvent::QueryTimedOut`]. A connection has no deadlines of its own (its inputs
+//!   take `now` all the same, as every sans-IO input here does); `now` must never go
+//!   backwards.
 //! * After a [`ServerTransmit::Close`] the socket is closing: keep reading until it ends,
 //!   then call `handle_closed`. After a [`ServerTransmit::Abort`] (or `handle_closed`) the
 //!   connection is finished ([`ServerEvent::Closed`] is its last event) and every later
