@@ -505,6 +505,18 @@ impl TestServer {
         }
     }
 
+    /// Serves one already-upgraded WebSocket (server role) until it ends: the future does
+    /// only I/O around the server's state (futures I/O and `tokio::sync`), so it can be
+    /// awaited on any executor, e.g. by a test that plays the network itself. The source
+    /// handles see the connection like any other.
+    pub async fn serve_websocket<S>(&self, ws: WebSocketStream<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let _guard = self.hub.task_started();
+        crate::socket::serve(Arc::clone(&self.hub), ws, "a caller".into()).await;
+    }
+
     /// Serves a connection that did not come through the listener: any byte stream (an
     /// in-memory pipe, a proxy's socket) on which a connector opens its WebSocket. The
     /// WebSocket handshake (server role) and the whole session run on the server's runtime;

@@ -1,5 +1,6 @@
 //! One WebSocket: reads frames into the [`Hub`] and writes what the hub hands back. Only
-//! I/O lives here; the protocol is `vantiq_proto::server`.
+//! I/O lives here; the protocol is `vantiq_proto::server`. Runtime-neutral (futures I/O and
+//! `tokio::sync` only), so the loop also runs under smol or any other executor.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,9 +132,13 @@ where
                 return Ok(());
             }
             ServerTransmit::Abort => {
-                // Frames queued before the drop still go out (bounded: the peer may not be
-                // reading); then the socket is dropped without a close frame.
-                let _ = tokio::time::timeout(ABORT_FLUSH, ws.flush()).await;
+                // Frames queued before the drop still go out (bounded on tokio: the peer may
+                // not be reading); then the socket is dropped without a close frame.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    let _ = tokio::time::timeout(ABORT_FLUSH, ws.flush()).await;
+                } else {
+                    let _ = ws.flush().await;
+                }
                 return Err("dropped by the server");
             }
         }

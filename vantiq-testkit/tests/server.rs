@@ -1190,3 +1190,44 @@ async fn serve_stream_serves_a_connection_that_did_not_come_through_the_listener
     assert_eq!(server.sockets_opened(), 1);
     assert_eq!(server.open_sockets(), 1);
 }
+
+/// `serve_websocket` needs no tokio runtime: here the server's side of a pipe runs on a
+/// thread under smol's executor while the test drives the connector side on tokio.
+#[tokio::test]
+async fn serve_websocket_runs_on_any_executor() {
+    use async_tungstenite::tokio::TokioAdapter;
+    let server = std::sync::Arc::new(server_with("S", json!({})).await);
+    let src = server.source("S").unwrap();
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let s2 = std::sync::Arc::clone(&server);
+    let served = std::thread::spawn(move || {
+        smol::block_on(async move {
+            let ws = async_tungstenite::accept_async(TokioAdapter::new(server_end))
+                .await
+                .unwrap();
+            s2.serve_websocket(ws).await;
+        });
+    });
+    let (mut ws, _) = async_tungstenite::client_async(
+        "ws://in-memory/api/v1/wsock/websocket",
+        TokioAdapter::new(client_end),
+    )
+    .await
+    .unwrap();
+    for f in [
+        ClientFrame::Validate {
+            token: Some("T".into()),
+        },
+        ClientFrame::ConnectExtension {
+            source: "S".into(),
+            reconnect_secret: None,
+        },
+    ] {
+        ws.send(Message::text(f.encode())).await.unwrap();
+    }
+    src.wait_configured(WAIT).await.unwrap();
+    src.drop_connection().await.unwrap();
+    drop(ws);
+    served.join().unwrap();
+    src.wait_disconnected(WAIT).await.unwrap();
+}
