@@ -12,8 +12,7 @@
     clippy::panic
 )]
 
-#[path = "../../vantiq-proto/tests/harness/mod.rs"]
-mod harness;
+use vantiq_proto::testing::harness;
 
 pub mod driver;
 pub mod mem;

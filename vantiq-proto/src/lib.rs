@@ -9,6 +9,10 @@
 //! `vantiq-connector-smol`) drive it over real WebSockets; you can drive it over any
 //! transport you like (see `examples/blocking.rs` for one on a plain blocking socket).
 //!
+//! Two optional modules serve tests: `server` (feature `server`), the server side of the
+//! protocol in the same sans-IO style, and `testing` (feature `test-util`), which pairs a
+//! `Connection` with that server over a simulated link in virtual time.
+//!
 //! # Calling contract
 //!
 //! A [`Connection`] is fed *inputs* and *commands* and produces *outputs*:
@@ -127,6 +131,10 @@ pub mod frame;
 mod json;
 mod properties;
 mod query;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod url;
 
 pub use backoff::{Backoff, Rng};

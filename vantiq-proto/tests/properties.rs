@@ -1,6 +1,6 @@
 //! Property tests: arbitrary interleavings of server frames, garbage, drops, application
 //! commands and clock ticks, with the connection's invariants checked after every step
-//! (see `harness/mod.rs` for the invariants).
+//! (see `vantiq_proto::testing::harness` for the invariants).
 
 #![allow(
     clippy::unwrap_used,
@@ -9,12 +9,10 @@
     clippy::panic
 )]
 
-mod harness;
-
-use harness::Op;
 use proptest::prelude::*;
 use vantiq_proto::Json;
 use vantiq_proto::frame::{ClientFrame, ServerFrame};
+use vantiq_proto::testing::harness::{self, Op};
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![

@@ -1,24 +1,44 @@
-//! The JSON control API (`/control/...`), served on the WebSocket port.
+//! The HTTP APIs beside the WebSocket endpoint: the JSON control API (`/control/...`) and
+//! Vantiq's REST routes for sources (`/api/v<N>/resources/sources/{name}[/query]`).
 //!
-//! One request per TCP connection (`Connection: close`); bodies need a `Content-Length`.
+//! The control API answers only requests a browser page cannot forge: a `Host` that names
+//! this machine (a loopback name or address, an IP literal, or a host allowed explicitly),
+//! no foreign `Origin`, no cross-site `Sec-Fetch-Site`; and the control token when one is
+//! set. The REST routes need `Authorization: Bearer <token>` as Vantiq's do.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use vantiq_proto::Json;
 
 use crate::error::TestkitError;
-use crate::http::{Head, REQUEST_TIMEOUT, respond_json};
-use crate::server::{Shared, sources_info};
+use crate::http::{Head, REQUEST_TIMEOUT, read_body, respond_json};
+use crate::hub::Hub;
+use crate::records::RawFrame;
 use crate::source::SourceHandle;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 16 << 20;
 /// Longest long poll (`waitMs`) and query timeout (`timeoutMs`) honoured.
 const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// Who may use the control API.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ControlPolicy {
+    /// Required as `Authorization: Bearer <token>` when set.
+    pub(crate) token: Option<String>,
+    /// Host names accepted besides loopback names and IP literals.
+    pub(crate) allowed_hosts: Vec<String>,
+}
+
+/// The access token REST requests must carry (`None`: any bearer token).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RestPolicy {
+    pub(crate) token: Option<String>,
+}
 
 /// A response: status and JSON body.
 struct Reply(u16, Value);
@@ -27,64 +47,110 @@ fn error(status: u16, message: impl Into<String>) -> Reply {
     Reply(status, json!({ "error": message.into() }))
 }
 
-/// Serves one control request.
-pub(crate) async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, head: Head) {
-    let body = match tokio::time::timeout(REQUEST_TIMEOUT, read_body(&mut tcp, &head)).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(Some(Reply(status, value)))) => {
-            let _ = respond_json(&mut tcp, status, &value).await;
-            return;
-        }
-        Ok(Err(None)) | Err(_) => return,
-    };
-    let Reply(status, value) = route(&shared, &head, body).await;
+/// Reads the request body and answers with `route`.
+async fn serve(mut tcp: TcpStream, head: Head, route: impl AsyncFnOnce(&Head, Vec<u8>) -> Reply) {
+    let body =
+        match tokio::time::timeout(REQUEST_TIMEOUT, read_body(&mut tcp, &head, MAX_BODY)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(Some((status, message)))) => {
+                let _ = respond_json(&mut tcp, status, &json!({ "error": message })).await;
+                return;
+            }
+            Ok(Err(None)) | Err(_) => return,
+        };
+    let Reply(status, value) = route(&head, body).await;
     let _ = respond_json(&mut tcp, status, &value).await;
 }
 
-/// Reads the body announced by `Content-Length`. `Err(None)`: the peer went away.
-async fn read_body(tcp: &mut TcpStream, head: &Head) -> Result<Vec<u8>, Option<Reply>> {
-    if head.header("transfer-encoding").is_some() {
-        return Err(Some(error(
-            411,
-            "chunked request bodies are not supported; send a Content-Length",
-        )));
+// ---- the control API ------------------------------------------------------------------------
+
+/// Serves one control request.
+pub(crate) async fn handle_control(
+    hub: Arc<Hub>,
+    policy: &ControlPolicy,
+    tcp: TcpStream,
+    head: Head,
+) {
+    if let Err(Reply(status, value)) = check_control(policy, &head) {
+        let mut tcp = tcp;
+        let _ = respond_json(&mut tcp, status, &value).await;
+        return;
     }
-    let len = match head.header("content-length") {
-        None => 0,
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| Some(error(400, format!("bad Content-Length `{v}`"))))?,
-    };
-    if len > MAX_BODY {
-        return Err(Some(error(
-            413,
-            format!("request body of {len} bytes exceeds the limit of {MAX_BODY}"),
-        )));
-    }
-    let mut body = head.rest.clone();
-    if body.len() < len
-        && head
-            .header("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    {
-        tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .map_err(|_| None)?;
-    }
-    let mut chunk = [0u8; 8192];
-    while body.len() < len {
-        let n = tcp.read(&mut chunk).await.map_err(|_| None)?;
-        if n == 0 {
-            return Err(None);
-        }
-        body.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    }
-    body.truncate(len);
-    Ok(body)
+    serve(tcp, head, async |head, body| route(&hub, head, body).await).await;
 }
 
-async fn route(shared: &Arc<Shared>, head: &Head, body: Vec<u8>) -> Reply {
+/// Refuses what a web page in the developer's browser could send, and requests without the
+/// control token.
+fn check_control(policy: &ControlPolicy, head: &Head) -> Result<(), Reply> {
+    let Some(host) = head.header("host") else {
+        return Err(error(400, "the control API needs a Host header"));
+    };
+    if !host_allowed(host, &policy.allowed_hosts) {
+        return Err(error(
+            403,
+            format!(
+                "Host `{host}` is not this machine: the control API answers loopback names, IP \
+                 addresses and hosts allowed with --allow-host (this refuses DNS rebinding)"
+            ),
+        ));
+    }
+    if let Some(origin) = head.header("origin")
+        && origin != format!("http://{host}")
+    {
+        return Err(error(
+            403,
+            format!("cross-site request refused: Origin `{origin}` is not this server"),
+        ));
+    }
+    if let Some(site) = head.header("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Err(error(
+            403,
+            format!("cross-site request refused (Sec-Fetch-Site: {site})"),
+        ));
+    }
+    if let Some(token) = &policy.token
+        && bearer(head) != Some(token.as_str())
+    {
+        return Err(error(
+            401,
+            "the control API needs `Authorization: Bearer <control token>`",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a `Host` header value names this machine.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[v6]:port`
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<IpAddr>().is_ok()
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(head: &Head) -> Option<&str> {
+    let v = head.header("authorization")?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn route(hub: &Arc<Hub>, head: &Head, body: Vec<u8>) -> Reply {
     let path = head.path();
     let segments: Vec<&str> = path
         .trim_start_matches('/')
@@ -92,29 +158,37 @@ async fn route(shared: &Arc<Shared>, head: &Head, body: Vec<u8>) -> Reply {
         .split('/')
         .collect();
     let method = head.method.as_str();
+    let params = Params::parse(head.query());
     match segments.as_slice() {
         ["control", "sources"] => match method {
-            "GET" => Reply(200, json!(sources_info(shared))),
+            "GET" => Reply(200, json!(hub.infos())),
             _ => method_not_allowed(method, path, "GET"),
+        },
+        ["control", "restart"] => match method {
+            "POST" => {
+                let closed = hub.close_all(1001, "server restart");
+                Reply(202, json!({ "closed": closed }))
+            }
+            _ => method_not_allowed(method, path, "POST"),
         },
         ["control", "sources", name, rest @ ..] => {
             let name = percent_decode(name);
-            let Some(src) = shared.source(&name) else {
+            let Some(handle) = SourceHandle::new(Arc::clone(hub), &name) else {
                 return error(404, format!("unknown source `{name}`"));
             };
-            let handle = SourceHandle::new(Arc::clone(shared), src);
-            let params = Params::parse(head.query());
             match (rest, method) {
                 ([], "GET") => Reply(200, json!(handle.info())),
                 ([], _) => method_not_allowed(method, path, "GET"),
                 (["publish"], "POST") => publish(&handle, &body).await,
-                (["query"], "POST") => query(shared, &handle, &params, &body).await,
+                (["query"], "POST") => query(hub, &handle, &params, &body).await,
                 (["notifications"], "GET") => notifications(&handle, &params).await,
                 (["reconnect"], "POST") => reconnect(&handle, &body).await,
                 (["drop"], "POST") => match handle.drop_connection().await {
                     Ok(()) => Reply(202, json!({ "dropped": true })),
                     Err(e) => from_error(&e),
                 },
+                (["close"], "POST") => close(&handle, &params).await,
+                (["frame"], "POST") => frame(&handle, &params, body).await,
                 (["refuse"], "POST") => match params.number("count") {
                     Ok(count) => {
                         let count = u32::try_from(count.unwrap_or(1)).unwrap_or(u32::MAX);
@@ -123,9 +197,10 @@ async fn route(shared: &Arc<Shared>, head: &Head, body: Vec<u8>) -> Reply {
                     }
                     Err(message) => error(400, message),
                 },
-                (["publish" | "query" | "reconnect" | "drop" | "refuse"], _) => {
-                    method_not_allowed(method, path, "POST")
-                }
+                (
+                    ["publish" | "query" | "reconnect" | "drop" | "refuse" | "close" | "frame"],
+                    _,
+                ) => method_not_allowed(method, path, "POST"),
                 (["notifications"], _) => method_not_allowed(method, path, "GET"),
                 _ => error(404, format!("nothing at {path}")),
             }
@@ -174,15 +249,23 @@ async fn publish(handle: &SourceHandle, body: &[u8]) -> Reply {
     }
 }
 
-async fn query(shared: &Shared, handle: &SourceHandle, params: &Params, body: &[u8]) -> Reply {
+/// The timeout of a query: `timeoutMs` or the server's default.
+fn query_timeout(hub: &Hub, params: &Params) -> Result<Duration, Reply> {
+    match params.number("timeoutMs") {
+        Ok(Some(ms)) => Ok(Duration::from_millis(ms).min(MAX_WAIT)),
+        Ok(None) => Ok(hub.opts.query_timeout),
+        Err(message) => Err(error(400, message)),
+    }
+}
+
+async fn query(hub: &Hub, handle: &SourceHandle, params: &Params, body: &[u8]) -> Reply {
     let with = match json_body(body, Some(Json::empty_object())) {
         Ok(j) => j,
         Err(reply) => return reply,
     };
-    let timeout = match params.number("timeoutMs") {
-        Ok(Some(ms)) => Duration::from_millis(ms).min(MAX_WAIT),
-        Ok(None) => shared.opts.query_timeout,
-        Err(message) => return error(400, message),
+    let timeout = match query_timeout(hub, params) {
+        Ok(t) => t,
+        Err(reply) => return reply,
     };
     match handle.query_with_timeout(with, timeout).await {
         Ok(result) => Reply(
@@ -235,6 +318,192 @@ async fn reconnect(handle: &SourceHandle, body: &[u8]) -> Reply {
     }
 }
 
+async fn close(handle: &SourceHandle, params: &Params) -> Reply {
+    let code = match params.number("code") {
+        Ok(c) => c.unwrap_or(1000),
+        Err(message) => return error(400, message),
+    };
+    // Codes a server may send in a close frame (RFC 6455 7.4): 1000-1003, 1007-1014,
+    // 3000-4999.
+    let code = match u16::try_from(code) {
+        Ok(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => c,
+        _ => {
+            return error(
+                400,
+                format!("close code {code} cannot be sent: use 1000-1003, 1007-1014 or 3000-4999"),
+            );
+        }
+    };
+    let reason = params.text("reason").unwrap_or_default();
+    if reason.len() > 123 {
+        return error(400, "a close reason is at most 123 bytes");
+    }
+    match handle.close(code, &reason).await {
+        Ok(()) => Reply(202, json!({ "closed": code })),
+        Err(e) => from_error(&e),
+    }
+}
+
+async fn frame(handle: &SourceHandle, params: &Params, body: Vec<u8>) -> Reply {
+    let binary = matches!(params.text("binary").as_deref(), Some("true" | "1"));
+    let frame = if binary {
+        RawFrame::Binary(body)
+    } else {
+        match String::from_utf8(body) {
+            Ok(text) => RawFrame::Text(text),
+            Err(_) => return error(400, "a text frame must be UTF-8; add ?binary=true"),
+        }
+    };
+    match handle.send_raw(frame).await {
+        Ok(()) => Reply(
+            202,
+            json!({ "sent": if binary { "binary" } else { "text" } }),
+        ),
+        Err(e) => from_error(&e),
+    }
+}
+
+// ---- Vantiq's REST routes -------------------------------------------------------------------
+
+/// Whether `path` is `/api/v<digits>/resources/sources/...`; gives the rest.
+pub(crate) fn rest_route(path: &str) -> Option<Vec<String>> {
+    let rest = path.strip_prefix("/api/v")?;
+    let (version, tail) = rest.split_once('/')?;
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let tail = tail.strip_prefix("resources/sources/")?;
+    Some(
+        tail.trim_end_matches('/')
+            .split('/')
+            .map(percent_decode)
+            .collect(),
+    )
+}
+
+/// A Vantiq error list with one error.
+fn vantiq_error(status: u16, code: &str, message: &str, params: Value) -> Reply {
+    Reply(
+        status,
+        json!([{ "code": code, "message": message, "params": params }]),
+    )
+}
+
+/// Serves `POST /api/v1/resources/sources/{name}` (publish) and
+/// `POST /api/v1/resources/sources/{name}/query` (query) as Vantiq does.
+pub(crate) async fn handle_rest(hub: Arc<Hub>, policy: &RestPolicy, tcp: TcpStream, head: Head) {
+    let token = policy.token.clone();
+    serve(tcp, head, async |head, body| {
+        rest(&hub, token.as_deref(), head, body).await
+    })
+    .await;
+}
+
+async fn rest(hub: &Arc<Hub>, token: Option<&str>, head: &Head, body: Vec<u8>) -> Reply {
+    let authorized = match (bearer(head), token) {
+        (Some(given), Some(expected)) => given == expected,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if !authorized {
+        return vantiq_error(
+            401,
+            "io.vantiq.authentication.failed",
+            "Authentication failed: send Authorization: Bearer <access token>.",
+            json!([]),
+        );
+    }
+    let Some(parts) = rest_route(head.path()) else {
+        return vantiq_error(404, "io.vantiq.resource.not.found", "Not found", json!([]));
+    };
+    let (name, is_query) = match parts.as_slice() {
+        [name] => (name.clone(), false),
+        [name, q] if q == "query" => (name.clone(), true),
+        _ => {
+            return vantiq_error(
+                404,
+                "io.vantiq.resource.not.found",
+                "No such source operation: {0}",
+                json!([head.path()]),
+            );
+        }
+    };
+    if head.method != "POST" {
+        return vantiq_error(
+            405,
+            "io.vantiq.method.not.allowed",
+            "Method {0} is not allowed here; use POST.",
+            json!([head.method]),
+        );
+    }
+    let Some(handle) = SourceHandle::new(Arc::clone(hub), &name) else {
+        return vantiq_error(
+            404,
+            "io.vantiq.resource.not.found",
+            "The source {0} does not exist.",
+            json!([name]),
+        );
+    };
+    let empty = is_query.then(Json::empty_object);
+    let object = match json_body(&body, empty) {
+        Ok(j) => j,
+        Err(Reply(_, v)) => {
+            let message = v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("bad request")
+                .to_owned();
+            return vantiq_error(400, "io.vantiq.request.invalid", &message, json!([]));
+        }
+    };
+    let not_connected = |name: &str| {
+        vantiq_error(
+            400,
+            "io.vantiq.source.not.connected",
+            "The source {0} has no connected extension.",
+            json!([name]),
+        )
+    };
+    if !is_query {
+        return match handle.publish(object).await {
+            Ok(()) => Reply(200, json!({})),
+            Err(TestkitError::NotConnected { .. }) => not_connected(&name),
+            Err(e) => vantiq_error(500, "io.vantiq.server.error", &e.to_string(), json!([])),
+        };
+    }
+    match handle
+        .query_with_timeout(object, hub.opts.query_timeout)
+        .await
+    {
+        // The rows of every reply, concatenated: what a VAIL SELECT gets.
+        Ok(result) => Reply(200, Value::Array(result.rows)),
+        Err(TestkitError::QueryFailed { result, .. }) => match result.error() {
+            Some(e) => vantiq_error(
+                400,
+                &e.code,
+                &e.template,
+                Value::Array(e.parameters.clone()),
+            ),
+            None => vantiq_error(
+                400,
+                "io.vantiq.source.query.failed",
+                "The source replied with status {0}.",
+                json!([result.status.0]),
+            ),
+        },
+        Err(TestkitError::NotConnected { .. }) => not_connected(&name),
+        Err(TestkitError::Timeout { .. }) => vantiq_error(
+            504,
+            "io.vantiq.source.query.timeout",
+            "The query to source {0} did not complete in time.",
+            json!([name]),
+        ),
+        Err(e) => vantiq_error(500, "io.vantiq.server.error", &e.to_string(), json!([])),
+    }
+}
+
+// ---- helpers --------------------------------------------------------------------------------
+
 /// Query-string parameters.
 struct Params(Vec<(String, String)>);
 
@@ -248,11 +517,20 @@ impl Params {
         Params(out)
     }
 
+    /// A text parameter (the last one given).
+    fn text(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
     /// A non-negative integer parameter.
     fn number(&self, name: &str) -> Result<Option<u64>, String> {
-        match self.0.iter().rev().find(|(k, _)| k == name) {
+        match self.text(name) {
             None => Ok(None),
-            Some((_, v)) => v.parse::<u64>().map(Some).map_err(|_| {
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
                 format!("query parameter `{name}` must be a non-negative integer, not `{v}`")
             }),
         }
@@ -303,5 +581,48 @@ mod tests {
         assert_eq!(p.number("missing"), Ok(None));
         assert!(p.number("x").is_err());
         assert!(Params::parse("after=-1").number("after").is_err());
+        assert_eq!(
+            Params::parse("reason=a%20b").text("reason").as_deref(),
+            Some("a b")
+        );
+    }
+
+    #[test]
+    fn hosts_that_name_this_machine() {
+        let allowed = vec!["devbox".to_owned()];
+        for ok in [
+            "localhost",
+            "localhost:8088",
+            "LOCALHOST.:1",
+            "app.localhost",
+            "127.0.0.1:8088",
+            "10.1.2.3:80",
+            "[::1]:8088",
+            "devbox:8088",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8088",
+            "localhost.evil.example",
+            "devbox2",
+        ] {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rest_routes() {
+        assert_eq!(
+            rest_route("/api/v1/resources/sources/My%20S/query"),
+            Some(vec!["My S".to_owned(), "query".to_owned()])
+        );
+        assert_eq!(
+            rest_route("/api/v7/resources/sources/S"),
+            Some(vec!["S".to_owned()])
+        );
+        assert_eq!(rest_route("/api/v/resources/sources/S"), None);
+        assert_eq!(rest_route("/api/v1/resources/types/S"), None);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::query::QueryResult;
+use crate::records::QueryResult;
 
 /// An error from the test server or one of its handles.
 ///

@@ -1,18 +1,11 @@
-//! The one TCP port: an HTTP request head decides between the WebSocket endpoint, the
-//! control API and a 404.
+//! HTTP/1.1 on the server's one port: request heads, bodies and JSON responses. One request
+//! per TCP connection (`Connection: close`). No knowledge of what is served.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_tungstenite::WebSocketStream;
-use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
-use async_tungstenite::tungstenite::protocol::Role;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-
-use crate::server::Shared;
 
 /// Longest request head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -50,7 +43,7 @@ impl Head {
         self.target.split_once('?').map_or("", |(_, q)| q)
     }
 
-    fn header_has_token(&self, name: &str, token: &str) -> bool {
+    pub(crate) fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -58,20 +51,20 @@ impl Head {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
-    fn is_websocket_upgrade(&self) -> bool {
+    pub(crate) fn is_websocket_upgrade(&self) -> bool {
         self.header_has_token("upgrade", "websocket")
     }
 }
 
 /// Why no head could be read.
-enum HeadError {
+pub(crate) enum HeadError {
     /// The peer went away (or sent nothing) — nothing to answer.
     Gone,
     /// Not HTTP, or too big: answer with this status.
     Bad(u16, &'static str),
 }
 
-async fn read_head(tcp: &mut TcpStream) -> Result<Head, HeadError> {
+pub(crate) async fn read_head(tcp: &mut TcpStream) -> Result<Head, HeadError> {
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
     loop {
@@ -128,67 +121,72 @@ pub(crate) fn is_websocket_path(path: &str) -> bool {
     !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) && tail == "wsock/websocket"
 }
 
-/// Serves one accepted TCP connection.
-pub(crate) async fn handle_socket(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
-    let mut shutdown = shared.subscribe_shutdown();
-    let head = tokio::select! {
-        head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut tcp)) => head,
-        _ = shutdown.changed() => return,
-    };
-    let head = match head {
-        Ok(Ok(head)) => head,
-        Ok(Err(HeadError::Bad(status, message))) => {
-            let _ = respond_json(&mut tcp, status, &serde_json::json!({ "error": message })).await;
-            return;
-        }
-        Ok(Err(HeadError::Gone)) | Err(_) => return,
-    };
-    let path = head.path().to_owned();
-    if head.is_websocket_upgrade() {
-        if !is_websocket_path(&path) {
-            let body = serde_json::json!({
-                "error": format!("no WebSocket endpoint at {path}; use {}", vantiq_proto::WEBSOCKET_PATH)
-            });
-            let _ = respond_json(&mut tcp, 404, &body).await;
-            return;
-        }
-        upgrade(shared, tcp, head, peer).await;
-    } else if shared.opts.control_api && (path == "/control" || path.starts_with("/control/")) {
-        crate::control::handle(shared, tcp, head).await;
-    } else {
-        let body = serde_json::json!({ "error": format!("nothing at {path}") });
-        let _ = respond_json(&mut tcp, 404, &body).await;
-    }
-}
-
-async fn upgrade(shared: Arc<Shared>, mut tcp: TcpStream, head: Head, peer: SocketAddr) {
+/// Answers a WebSocket upgrade request with `101 Switching Protocols`, or with `400` when
+/// it is not a valid one. Returns whether the socket was upgraded.
+pub(crate) async fn accept_upgrade(tcp: &mut TcpStream, head: &Head) -> bool {
     let key = head.header("sec-websocket-key").map(str::to_owned);
     let version_ok = head.header("sec-websocket-version") == Some("13");
     let Some(key) = key.filter(|_| head.method == "GET" && version_ok) else {
         let body = serde_json::json!({
             "error": "a WebSocket upgrade needs GET, Sec-WebSocket-Key and Sec-WebSocket-Version: 13"
         });
-        let _ = respond_json(&mut tcp, 400, &body).await;
-        return;
+        let _ = respond_json(tcp, 400, &body).await;
+        return false;
     };
     let accept = derive_accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    if tcp.write_all(response.as_bytes()).await.is_err() {
-        return;
+    tcp.write_all(response.as_bytes()).await.is_ok()
+}
+
+/// Reads the body announced by `Content-Length`. `Err(None)`: the peer went away;
+/// `Err(Some((status, message)))`: answer with that.
+pub(crate) async fn read_body(
+    tcp: &mut TcpStream,
+    head: &Head,
+    max: usize,
+) -> Result<Vec<u8>, Option<(u16, String)>> {
+    if head.header("transfer-encoding").is_some() {
+        return Err(Some((
+            411,
+            "chunked request bodies are not supported; send a Content-Length".to_owned(),
+        )));
     }
-    tracing::debug!(%peer, "testkit WebSocket accepted");
-    let ws = WebSocketStream::from_partially_read(
-        TokioAdapter::new(tcp),
-        head.rest,
-        Role::Server,
-        Some(shared.ws_config),
-    )
-    .await;
-    crate::conn::serve(shared, ws, peer).await;
+    let len = match head.header("content-length") {
+        None => 0,
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| Some((400, format!("bad Content-Length `{v}`"))))?,
+    };
+    if len > max {
+        return Err(Some((
+            413,
+            format!("request body of {len} bytes exceeds the limit of {max}"),
+        )));
+    }
+    let mut body = head.rest.clone();
+    if body.len() < len
+        && head
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+    {
+        tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| None)?;
+    }
+    let mut chunk = [0u8; 8192];
+    while body.len() < len {
+        let n = tcp.read(&mut chunk).await.map_err(|_| None)?;
+        if n == 0 {
+            return Err(None);
+        }
+        body.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+    body.truncate(len);
+    Ok(body)
 }
 
 /// The reason phrase of the statuses this server uses.
@@ -197,6 +195,8 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         202 => "Accepted",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",

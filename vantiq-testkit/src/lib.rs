@@ -20,6 +20,11 @@
 //!   [`set_flapping`](SourceHandle::set_flapping), [`send_raw`](SourceHandle::send_raw),
 //!   counters and frame logs. Every wait is woken by the event it waits for and fails with a
 //!   [`TestkitError::Timeout`] naming what it waited for.
+//! * [`TestServer::serve_stream`] serves a connection that did not come through the
+//!   listener (an in-memory pipe, a proxy's socket); [`TestServer::restart`] closes every
+//!   connection with 1001 as a restarting Vantiq does.
+//! * The server side of the protocol itself is sans-IO, in [`protocol`] (re-exported from
+//!   `vantiq_proto::server`): drive it directly to test a connector's core without sockets.
 //! * Optionally ([`TestServerBuilder::control_api`]) the same port serves a JSON control
 //!   API, which the `vantiq-devserver` binary exposes so that `curl` or a script can drive a
 //!   connector written in any language:
@@ -34,10 +39,21 @@
 //! | `POST /control/sources/{name}/reconnect` (optional body: the new config) | `202`; sends `reconnectRequired` |
 //! | `POST /control/sources/{name}/drop` | `202`; drops the connection without a close frame |
 //! | `POST /control/sources/{name}/refuse?count=N` | `202`; refuses the next N `connectExtension`s |
+//! | `POST /control/sources/{name}/close?code=N&reason=R` | `202 {"closed":N}`; a clean close with that code (default 1000) |
+//! | `POST /control/sources/{name}/frame[?binary=true]` (body: the frame) | `202`; sends the body as one text (or binary) frame, as is |
+//! | `POST /control/restart` | `202 {"closed":N}`; closes every connection with 1001, goes on accepting |
 //!
-//! Errors are JSON `{"error": "…"}`: `400` bad JSON or parameter, `404` unknown source or
-//! path, `405` wrong method, `409` no connector attached, `504` no terminal query reply in
-//! time.
+//! Errors are JSON `{"error": "…"}`: `400` bad JSON or parameter, `401` no control token
+//! ([`TestServerBuilder::control_token`]), `403` a request a web page could have sent (a
+//! `Host` that is not this machine, a foreign `Origin`, `Sec-Fetch-Site: cross-site`), `404`
+//! unknown source or path, `405` wrong method, `409` no connector attached, `504` no terminal
+//! query reply in time.
+//!
+//! * Optionally ([`TestServerBuilder::rest_api`]) it serves Vantiq's REST routes for sources,
+//!   as Vantiq's client SDKs and connector tests call them, with `Authorization: Bearer
+//!   <token>`: `POST /api/v1/resources/sources/{name}` publishes the body (`200 {}`),
+//!   `POST /api/v1/resources/sources/{name}/query` answers `200` with the rows, or a Vantiq
+//!   error list `[{"code","message","params"}]` (the connector's query error as status 400).
 //!
 //! # Example
 //!
@@ -93,20 +109,36 @@
 //! # }
 //! ```
 
-mod conn;
-mod control;
-mod error;
-mod http;
-mod query;
-mod records;
-mod server;
-mod source;
+// Layers, each using only those above it: util, error, records; hub (the shared state
+// around the sans-IO server); socket (one WebSocket's I/O); source (SourceHandle); http
+// (request heads and responses); control (the control API and REST routes); server
+// (TestServer, the listener and the routing).
 mod util;
 
+mod error;
+mod records;
+
+mod hub;
+
+mod socket;
+
+mod source;
+
+mod http;
+
+mod control;
+
+mod server;
+
 pub use error::{Result, TestkitError};
-pub use query::QueryResult;
 pub use records::{
-    Anomaly, AnomalyKind, ConnectAttempt, ConnectOutcome, FrameRecord, RawFrame, SourceInfo,
+    Anomaly, AnomalyKind, ConnectAttempt, ConnectOutcome, FrameRecord, QueryResult, RawFrame,
+    SourceInfo,
 };
-pub use server::{TestServer, TestServerBuilder, codes};
+pub use server::{DEFAULT_RECORD_LIMIT, TestServer, TestServerBuilder, codes};
 pub use source::SourceHandle;
+/// The server side of the protocol, sans-IO, that this server runs on
+/// (`vantiq_proto::server`): a [`Registry`](protocol::Registry) of sources and one
+/// [`ServerConnection`](protocol::ServerConnection) per socket. Use it directly to test a
+/// connector's core or a custom transport without sockets or a runtime.
+pub use vantiq_proto::server as protocol;

@@ -1,9 +1,10 @@
-//! What the server records: frames received, anomalies, connection attempts, source summaries.
+//! What the server records: frames received, anomalies, connection attempts, source
+//! summaries, kept in bounded rings.
 
 use std::time::Instant;
 
-use vantiq_proto::FrameError;
-use vantiq_proto::frame::{ClientFrame, QueryReply};
+use vantiq_proto::frame::ClientFrame;
+pub use vantiq_proto::server::{AnomalyKind, ConnectOutcome, QueryResult, RawFrame};
 
 /// One frame received from a connector.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,64 +31,6 @@ pub struct Anomaly {
     pub source: Option<String>,
     /// What happened.
     pub kind: AnomalyKind,
-}
-
-/// The kinds of [`Anomaly`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum AnomalyKind {
-    /// A query reply whose `X-Reply-Address` matches no query in flight (never sent, already
-    /// finished, or timed out).
-    UnknownReplyAddress {
-        /// The reply as received.
-        reply: QueryReply,
-    },
-    /// A frame that could not be decoded (the text is kept, up to 4 KiB).
-    BadFrame {
-        /// Why it was refused.
-        error: FrameError,
-        /// The start of the frame as text (lossy UTF-8).
-        text: String,
-    },
-    /// A frame with an op the server does not know.
-    UnknownOp {
-        /// The op.
-        op: String,
-    },
-    /// A frame other than `validate`/`authenticate` before authentication succeeded.
-    NotAuthenticated {
-        /// The frame.
-        frame: ClientFrame,
-    },
-    /// A notification or query reply on a socket that holds no source (never attached,
-    /// refused, taken over, or `reconnectRequired` pending).
-    NotAttached {
-        /// The frame.
-        frame: ClientFrame,
-    },
-    /// A notification naming another source than the one its socket is attached to.
-    WrongSource {
-        /// The source the socket is attached to.
-        attached: String,
-        /// The `resourceId` of the notification.
-        named: String,
-    },
-}
-
-/// How the server answered one `connectExtension`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConnectOutcome {
-    /// Accepted: `configureExtension` was sent.
-    Accepted,
-    /// Accepted by taking the source over from a live connection with the same
-    /// `reconnectSecret` (that connection was dropped abruptly).
-    TookOver,
-    /// Refused with "does not have an associated stream" (see
-    /// [`SourceHandle::refuse_connects`](crate::SourceHandle::refuse_connects)).
-    RefusedNoStream,
-    /// Refused because another connection holds the source with a different (or no) secret.
-    RefusedAlreadyConnected,
 }
 
 /// One `connectExtension` received for a source.
@@ -126,36 +69,76 @@ pub struct SourceInfo {
     pub notifications: u64,
 }
 
-/// A frame to put on the wire exactly as given, for malformed-input tests
-/// ([`SourceHandle::send_raw`](crate::SourceHandle::send_raw)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawFrame {
-    /// A text frame.
-    Text(String),
-    /// A binary frame (need not be UTF-8).
-    Binary(Vec<u8>),
+/// A bounded record: the last `capacity` items, with absolute indices (the first item ever
+/// pushed is 0), so that readers paging by index keep their place when old items go.
+#[derive(Debug, Clone)]
+pub(crate) struct Ring<T> {
+    /// Absolute index of the oldest item kept.
+    base: usize,
+    items: std::collections::VecDeque<T>,
+    capacity: usize,
 }
 
-impl From<&str> for RawFrame {
-    fn from(s: &str) -> Self {
-        RawFrame::Text(s.to_owned())
+impl<T: Clone> Ring<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Ring {
+            base: 0,
+            items: std::collections::VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub(crate) fn push(&mut self, item: T) {
+        if self.items.len() == self.capacity {
+            self.items.pop_front();
+            self.base += 1;
+        }
+        self.items.push_back(item);
+    }
+
+    /// Items pushed so far, including those dropped.
+    pub(crate) fn total(&self) -> usize {
+        self.base + self.items.len()
+    }
+
+    /// The item of absolute index `i`, if still kept.
+    pub(crate) fn get(&self, i: usize) -> Option<&T> {
+        i.checked_sub(self.base).and_then(|k| self.items.get(k))
+    }
+
+    /// Every item kept, oldest first.
+    pub(crate) fn to_vec(&self) -> Vec<T> {
+        self.items.iter().cloned().collect()
+    }
+
+    /// The kept items of absolute index `after` and up, and the index to ask for next.
+    pub(crate) fn after(&self, after: usize) -> (usize, Vec<T>) {
+        let skip = after.saturating_sub(self.base);
+        (
+            self.total(),
+            self.items.iter().skip(skip).cloned().collect(),
+        )
     }
 }
 
-impl From<String> for RawFrame {
-    fn from(s: String) -> Self {
-        RawFrame::Text(s)
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::Ring;
 
-impl From<Vec<u8>> for RawFrame {
-    fn from(b: Vec<u8>) -> Self {
-        RawFrame::Binary(b)
-    }
-}
-
-impl From<&[u8]> for RawFrame {
-    fn from(b: &[u8]) -> Self {
-        RawFrame::Binary(b.to_vec())
+    #[test]
+    fn a_ring_keeps_the_last_items_with_absolute_indices() {
+        let mut r = Ring::new(3);
+        for i in 0..5 {
+            r.push(i);
+        }
+        assert_eq!(r.total(), 5);
+        assert_eq!(r.to_vec(), [2, 3, 4]);
+        assert_eq!(
+            (r.get(1), r.get(2), r.get(4), r.get(5)),
+            (None, Some(&2), Some(&4), None)
+        );
+        assert_eq!(r.after(0), (5, vec![2, 3, 4]));
+        assert_eq!(r.after(3), (5, vec![3, 4]));
+        assert_eq!(r.after(9), (5, vec![]));
     }
 }

@@ -1,262 +1,50 @@
-//! [`TestServer`], its builder, and the state shared by its tasks.
+//! [`TestServer`], its builder, and the accept loop that routes each connection.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_tungstenite::tungstenite::Message;
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tokio::TokioAdapter;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use futures_util::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use vantiq_proto::frame::{ServerFrame, StatusFrame};
-use vantiq_proto::{Json, Rng, Status, random_id};
+use vantiq_proto::Json;
+use vantiq_proto::server::ServerOptions;
 
+use crate::control::{ControlPolicy, RestPolicy, handle_control, handle_rest, rest_route};
 use crate::error::{Result, TestkitError};
-use crate::query::PendingQueries;
+use crate::http::{
+    HeadError, REQUEST_TIMEOUT, accept_upgrade, is_websocket_path, read_head, respond_json,
+};
+use crate::hub::{Hub, KitOptions};
 use crate::records::{Anomaly, FrameRecord, SourceInfo};
-use crate::source::{SourceHandle, SourceShared};
-use crate::util::{deadline_after, lock};
+use crate::source::SourceHandle;
 
-/// Error codes the server puts in its error lists (`[{"code", "message", "params"}]`).
-///
-/// The real server's codes for these cases are not documented; these are the test kit's
-/// own, except `AUTH_FAILED`. Connectors should look at the status and the message, as the
-/// peer SDKs do.
-pub mod codes {
-    /// A rejected token or user name/password (status 401).
-    pub const AUTH_FAILED: &str = "io.vantiq.authentication.failed";
-    /// A frame other than `validate`/`authenticate` before authentication (status 401).
-    pub const NOT_AUTHENTICATED: &str = "io.vantiq.testkit.notAuthenticated";
-    /// `connectExtension` for a source the server does not have (status 404).
-    pub const SOURCE_NOT_FOUND: &str = "io.vantiq.testkit.sourceNotFound";
-    /// `connectExtension` while the source "restarts" (status 400, message contains "does not
-    /// have an associated stream").
-    pub const NO_ASSOCIATED_STREAM: &str = "io.vantiq.testkit.noAssociatedStream";
-    /// `connectExtension` while another connection holds the source (status 400).
-    pub const CONNECTION_EXISTS: &str = "io.vantiq.testkit.connectionExists";
-    /// A notification or query reply on a socket not attached to a source (status 400).
-    pub const NOT_ATTACHED: &str = "io.vantiq.testkit.notAttached";
-    /// A notification naming another source than its socket's (status 400).
-    pub const WRONG_SOURCE: &str = "io.vantiq.testkit.wrongSource";
-}
+pub use vantiq_proto::server::codes;
 
 /// The server's options, fixed at start.
 #[derive(Debug, Clone)]
-pub(crate) struct Options {
-    pub(crate) bind: SocketAddr,
-    pub(crate) token: Option<String>,
-    pub(crate) credentials: Option<(String, String)>,
-    pub(crate) namespace: String,
-    pub(crate) status_before_configure: bool,
-    pub(crate) ack_notifications: bool,
-    pub(crate) ack_query_replies: bool,
-    pub(crate) binary_frames: bool,
-    pub(crate) bookkeeping: bool,
-    pub(crate) control_api: bool,
-    pub(crate) print_frames: bool,
-    pub(crate) record: bool,
-    pub(crate) query_timeout: Duration,
-    pub(crate) max_message_size: Option<usize>,
+struct Options {
+    bind: SocketAddr,
+    server: ServerOptions,
+    kit: KitOptions,
+    control_api: bool,
+    rest_api: bool,
+    control: ControlPolicy,
+    max_message_size: Option<usize>,
 }
 
-/// Server-wide logs.
-#[derive(Default)]
-pub(crate) struct ServerLog {
-    pub(crate) frames: Vec<Arc<FrameRecord>>,
-    pub(crate) anomalies: Vec<Anomaly>,
-}
-
-/// State shared by the server's tasks and handles.
-pub(crate) struct Shared {
-    pub(crate) opts: Options,
-    pub(crate) ws_config: WebSocketConfig,
-    pub(crate) sources: std::sync::Mutex<HashMap<String, Arc<SourceShared>>>,
-    pub(crate) pending: std::sync::Mutex<PendingQueries>,
-    pub(crate) log: std::sync::Mutex<ServerLog>,
-    pub(crate) log_changed: Notify,
-    pub(crate) sockets_opened: AtomicU64,
-    pub(crate) auth_attempts: AtomicU64,
-    next_conn: AtomicU64,
-    rng: std::sync::Mutex<Rng>,
-    shutdown: watch::Sender<bool>,
-    shut_down: AtomicBool,
-    tasks: AtomicUsize,
-    tasks_done: Notify,
-    ack: Message,
-}
-
-impl Shared {
-    /// A fresh random UUID-shaped identifier (reply addresses, `address` fields).
-    pub(crate) fn new_id(&self) -> String {
-        random_id(&mut lock(&self.rng))
-    }
-
-    pub(crate) fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    pub(crate) fn is_shut_down(&self) -> bool {
-        self.shut_down.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn subscribe_shutdown(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    pub(crate) fn source(&self, name: &str) -> Option<Arc<SourceShared>> {
-        lock(&self.sources).get(name).cloned()
-    }
-
-    /// A frame as the server sends it (binary unless text frames were asked for).
-    pub(crate) fn message(&self, text: String) -> Message {
-        if self.opts.binary_frames {
-            Message::binary(text.into_bytes())
-        } else {
-            Message::text(text)
-        }
-    }
-
-    /// The notification (and query reply) acknowledgement `{"status":200}`.
-    pub(crate) fn ack(&self) -> Message {
-        self.ack.clone()
-    }
-
-    /// Encodes a service frame with `vantiq_proto`, adding the real server's bookkeeping
-    /// fields when they are on.
-    pub(crate) fn server_frame(&self, frame: &ServerFrame) -> Message {
-        let mut text = frame.encode();
-        if self.opts.bookkeeping {
-            let extra = match frame {
-                ServerFrame::ConfigureExtension { .. } | ServerFrame::Publish { .. } => Some(true),
-                ServerFrame::Query { .. } => Some(false),
-                _ => None,
-            };
-            if let Some(with_headers) = extra {
-                let address = self.new_id();
-                let mut fields = String::with_capacity(192);
-                fields.push_str(
-                    ",\"isSystemResource\":true,\"parameters\":{},\
-                     \"contentType\":\"application/json\",\"skipMonitoring\":false,\
-                     \"isExternal\":false,\"address\":\"",
-                );
-                fields.push_str(&address);
-                fields.push('"');
-                if with_headers {
-                    fields.push_str(",\"messageHeaders\":{}");
-                }
-                splice(&mut text, &fields);
-            }
-        }
-        self.message(text)
-    }
-
-    /// An op-less status frame with a body, with `contentType` as the real server sends it.
-    pub(crate) fn status_frame(&self, status: Status, body: Json) -> Message {
-        let mut text = ServerFrame::Status(StatusFrame {
-            status,
-            body: Some(body),
-        })
-        .encode();
-        splice(&mut text, ",\"contentType\":\"application/json\"");
-        self.message(text)
-    }
-
-    /// A status frame whose body is a Vantiq error list with one error.
-    pub(crate) fn error_frame(&self, status: Status, code: &str, message: &str) -> Message {
-        let body = Json::from(serde_json::json!([
-            {"code": code, "message": message, "params": []}
-        ]));
-        self.status_frame(status, body)
-    }
-
-    /// The reply to a successful `validate`/`authenticate`.
-    pub(crate) fn auth_ok(&self, username: &str) -> Message {
-        let ns = &self.opts.namespace;
-        let body = Json::from(serde_json::json!({
-            "anonymous": false,
-            "userInfo": {
-                "username": username,
-                "preferredUsername": username,
-                "namespace": ns,
-                "homeNamespace": ns,
-                "createdBy": "system",
-                "userType": "node",
-                "profiles": ["system.user"],
-            }
-        }));
-        self.status_frame(Status::OK, body)
-    }
-
-    pub(crate) fn add_anomaly(&self, anomaly: Anomaly) {
-        tracing::warn!(?anomaly, "testkit: unexpected input from a connector");
-        if self.opts.print_frames {
-            crate::conn::print_line(format_args!(
-                "!! [conn {}] anomaly: {:?}",
-                anomaly.connection, anomaly.kind
-            ));
-        }
-        lock(&self.log).anomalies.push(anomaly);
-        self.log_changed.notify_waiters();
-    }
-
-    pub(crate) fn log_frame(&self, record: Arc<FrameRecord>) {
-        lock(&self.log).frames.push(record);
-    }
-
-    pub(crate) fn socket_opened(&self) {
-        self.sockets_opened.fetch_add(1, Ordering::Relaxed);
-        self.log_changed.notify_waiters();
-    }
-
-    pub(crate) fn task_started(self: &Arc<Self>) -> TaskGuard {
-        self.tasks.fetch_add(1, Ordering::AcqRel);
-        TaskGuard(Arc::clone(self))
-    }
-
-    /// Stops everything: the accept loop and every socket end, every source is released,
-    /// queries in flight fail with [`TestkitError::ServerGone`].
-    pub(crate) fn begin_shutdown(&self) {
-        if self.shut_down.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.shutdown.send_replace(true);
-        let sources: Vec<_> = lock(&self.sources).values().cloned().collect();
-        for src in sources {
-            {
-                let mut st = lock(&src.state);
-                if st.live.take().is_some() {
-                    st.disconnects += 1;
-                }
-                st.configured = false;
-            }
-            src.changed.notify_waiters();
-        }
-        lock(&self.pending).clear();
-        self.log_changed.notify_waiters();
-    }
-}
-
-/// Counts a running socket task; the count drops when the guard does.
-pub(crate) struct TaskGuard(Arc<Shared>);
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        if self.0.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.tasks_done.notify_waiters();
-        }
-    }
-}
-
-/// Inserts `fields` (starting with a comma) before the closing brace of a JSON object text.
-fn splice(text: &mut String, fields: &str) {
-    if text.ends_with('}') {
-        text.pop();
-        text.push_str(fields);
-        text.push('}');
-    }
+/// What the accept loop and the socket tasks share.
+struct Served {
+    hub: Arc<Hub>,
+    ws_config: WebSocketConfig,
+    control_api: bool,
+    rest_api: bool,
+    control: ControlPolicy,
+    rest: RestPolicy,
 }
 
 /// Builds a [`TestServer`]. Every option has a default that behaves like a real Vantiq
@@ -268,23 +56,24 @@ pub struct TestServerBuilder {
     sources: Vec<(String, Json)>,
 }
 
+/// Frames, notifications and anomalies kept by default (per source, and server-wide).
+pub const DEFAULT_RECORD_LIMIT: usize = 1_000_000;
+
 impl Default for TestServerBuilder {
     fn default() -> Self {
         TestServerBuilder {
             opts: Options {
                 bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                token: None,
-                credentials: None,
-                namespace: "testkit".to_owned(),
-                status_before_configure: false,
-                ack_notifications: true,
-                ack_query_replies: false,
-                binary_frames: true,
-                bookkeeping: true,
+                server: ServerOptions::default(),
+                kit: KitOptions {
+                    record: true,
+                    record_limit: DEFAULT_RECORD_LIMIT,
+                    print_frames: false,
+                    query_timeout: Duration::from_secs(10),
+                },
                 control_api: false,
-                print_frames: false,
-                record: true,
-                query_timeout: Duration::from_secs(10),
+                rest_api: false,
+                control: ControlPolicy::default(),
                 max_message_size: Some(64 << 20),
             },
             sources: Vec::new(),
@@ -305,20 +94,20 @@ impl TestServerBuilder {
     /// error list (the socket stays open). Default: every token (and a missing one) is
     /// accepted.
     pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.opts.token = Some(token.into());
+        self.opts.server.token = Some(token.into());
         self
     }
 
     /// The user name and password `authenticate` accepts. Default: `authenticate` always
     /// fails with 401.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
-        self.opts.credentials = Some((username.into(), password.into()));
+        self.opts.server.credentials = Some((username.into(), password.into()));
         self
     }
 
     /// The namespace named in the authentication reply. Default `testkit`.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.opts.namespace = namespace.into();
+        self.opts.server.namespace = namespace.into();
         self
     }
 
@@ -332,27 +121,27 @@ impl TestServerBuilder {
     /// Send an op-less `{"status":200}` before each `configureExtension`, as real servers
     /// sometimes do. Default off.
     pub fn status_before_configure(mut self, on: bool) -> Self {
-        self.opts.status_before_configure = on;
+        self.opts.server.status_before_configure = on;
         self
     }
 
     /// Acknowledge every notification with an op-less `{"status":200}`. Default on.
     pub fn ack_notifications(mut self, on: bool) -> Self {
-        self.opts.ack_notifications = on;
+        self.opts.server.ack_notifications = on;
         self
     }
 
     /// Acknowledge every query reply with an op-less `{"status":200}` (the Java SDK's
     /// documentation says the server does). Default off.
     pub fn ack_query_replies(mut self, on: bool) -> Self {
-        self.opts.ack_query_replies = on;
+        self.opts.server.ack_query_replies = on;
         self
     }
 
     /// Send frames as binary WebSocket frames, as the real server does (the Java SDK reads
     /// nothing else); `false` sends text frames. Default binary.
     pub fn binary_frames(mut self, on: bool) -> Self {
-        self.opts.binary_frames = on;
+        self.opts.server.binary_frames = on;
         self
     }
 
@@ -360,21 +149,59 @@ impl TestServerBuilder {
     /// `contentType`, `skipMonitoring`, `isExternal`, `address`, `messageHeaders`) to
     /// `configureExtension`, `publish` and `query`. Default on.
     pub fn bookkeeping(mut self, on: bool) -> Self {
-        self.opts.bookkeeping = on;
+        self.opts.server.bookkeeping = on;
         self
     }
 
     /// Serve the JSON control API under `/control/` on the same port (see the crate docs).
-    /// Default off.
+    /// Default off. It answers only requests whose `Host` names this machine (a loopback
+    /// name, an IP address, or a host given to [`TestServerBuilder::allow_host`]), with no
+    /// foreign `Origin` and no cross-site `Sec-Fetch-Site`: a web page in the developer's
+    /// browser cannot drive it.
     pub fn control_api(mut self, on: bool) -> Self {
         self.opts.control_api = on;
+        self
+    }
+
+    /// Require `Authorization: Bearer <token>` on every control request. Default: none.
+    pub fn control_token(mut self, token: impl Into<String>) -> Self {
+        self.opts.control.token = Some(token.into());
+        self
+    }
+
+    /// Accept this host name in the `Host` header of control requests (for a server reached
+    /// by name, e.g. a container's). Loopback names and IP addresses are always accepted.
+    pub fn allow_host(mut self, host: impl Into<String>) -> Self {
+        self.opts.control.allowed_hosts.push(host.into());
+        self
+    }
+
+    /// Serve Vantiq's REST routes for sources on the same port, authenticated with
+    /// `Authorization: Bearer <token>` (the [`token`](TestServerBuilder::token) when set,
+    /// else any): `POST /api/v1/resources/sources/{name}` publishes its JSON body to the
+    /// source (`200 {}`), `POST /api/v1/resources/sources/{name}/query` queries it with
+    /// the body as parameters and answers `200` with the rows (every reply's rows
+    /// concatenated, as a VAIL `SELECT` gets them), or a Vantiq error list
+    /// (`[{"code","message","params"}]`: the connector's query error with status 400, 401
+    /// without the token, 404 for an unknown source, 400 when no connector is attached, 504
+    /// when the query times out). Default off.
+    pub fn rest_api(mut self, on: bool) -> Self {
+        self.opts.rest_api = on;
+        self
+    }
+
+    /// How many frames, notifications and anomalies are kept (each record is a ring: the
+    /// oldest go first; counters still count everything). Default
+    /// [`DEFAULT_RECORD_LIMIT`].
+    pub fn record_limit(mut self, limit: usize) -> Self {
+        self.opts.kit.record_limit = limit.max(1);
         self
     }
 
     /// Print every frame received and sent to standard output (tokens and passwords
     /// redacted). Default off.
     pub fn print_frames(mut self, on: bool) -> Self {
-        self.opts.print_frames = on;
+        self.opts.kit.print_frames = on;
         self
     }
 
@@ -382,14 +209,15 @@ impl TestServerBuilder {
     /// `notifications_snapshot()`, …). Turn off for long benchmarks: counters still count.
     /// Default on.
     pub fn record(mut self, on: bool) -> Self {
-        self.opts.record = on;
+        self.opts.kit.record = on;
+        self.opts.server.report_frames = on;
         self
     }
 
     /// The timeout of [`SourceHandle::query`] and of control-API queries without
     /// `timeoutMs`. Default 10 s.
     pub fn query_timeout(mut self, timeout: Duration) -> Self {
-        self.opts.query_timeout = timeout;
+        self.opts.kit.query_timeout = timeout;
         self
     }
 
@@ -405,70 +233,59 @@ impl TestServerBuilder {
     /// # Errors
     /// [`TestkitError::Bind`] when the address cannot be bound.
     pub async fn start(self) -> Result<TestServer> {
-        let listener =
-            TcpListener::bind(self.opts.bind)
-                .await
-                .map_err(|error| TestkitError::Bind {
-                    addr: self.opts.bind,
-                    error,
-                })?;
+        let mut opts = self.opts;
+        let listener = TcpListener::bind(opts.bind)
+            .await
+            .map_err(|error| TestkitError::Bind {
+                addr: opts.bind,
+                error,
+            })?;
         let addr = listener.local_addr().map_err(|error| TestkitError::Bind {
-            addr: self.opts.bind,
+            addr: opts.bind,
             error,
         })?;
-        let mut sources = HashMap::new();
-        for (name, config) in self.sources {
-            sources.insert(name.clone(), Arc::new(SourceShared::new(name, config)));
+        if opts.control_api && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "the control API listens on a non-loopback address: anyone who can reach it can \
+                 drive your connectors (set a control token)"
+            );
         }
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(self.opts.max_message_size)
-            .max_frame_size(self.opts.max_message_size);
-        let seed = {
+        opts.server.seed = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_u16(addr.port());
             h.finish()
         };
-        let ack_text = ServerFrame::Status(StatusFrame {
-            status: Status::OK,
-            body: None,
-        })
-        .encode();
-        let ack = if self.opts.binary_frames {
-            Message::binary(ack_text.into_bytes())
-        } else {
-            Message::text(ack_text)
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(opts.max_message_size)
+            .max_frame_size(opts.max_message_size);
+        let rest = RestPolicy {
+            token: opts.server.token.clone(),
         };
-        let (shutdown, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            opts: self.opts,
+        let hub = Arc::new(Hub::new(opts.kit, opts.server, self.sources));
+        let served = Arc::new(Served {
+            hub: Arc::clone(&hub),
             ws_config,
-            sources: std::sync::Mutex::new(sources),
-            pending: std::sync::Mutex::new(PendingQueries::default()),
-            log: std::sync::Mutex::new(ServerLog::default()),
-            log_changed: Notify::new(),
-            sockets_opened: AtomicU64::new(0),
-            auth_attempts: AtomicU64::new(0),
-            next_conn: AtomicU64::new(0),
-            rng: std::sync::Mutex::new(Rng::new(seed)),
-            shutdown,
-            shut_down: AtomicBool::new(false),
-            tasks: AtomicUsize::new(0),
-            tasks_done: Notify::new(),
-            ack,
+            control_api: opts.control_api,
+            rest_api: opts.rest_api,
+            control: opts.control,
+            rest,
         });
-        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&served)));
         tracing::debug!(%addr, "testkit server listening");
         Ok(TestServer {
-            shared,
+            served,
+            hub,
             addr,
             accept: Some(accept),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut shutdown = shared.subscribe_shutdown();
+async fn accept_loop(listener: TcpListener, served: Arc<Served>) {
+    let mut shutdown = served.hub.subscribe_shutdown();
     loop {
         if *shutdown.borrow_and_update() {
             return;
@@ -476,10 +293,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let guard = shared.task_started();
-                    let shared = Arc::clone(&shared);
+                    let guard = served.hub.task_started();
+                    let served = Arc::clone(&served);
                     tokio::spawn(async move {
-                        crate::http::handle_socket(shared, tcp, peer).await;
+                        handle_socket(served, tcp, peer).await;
                         drop(guard);
                     });
                 }
@@ -494,6 +311,55 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Serves one accepted TCP connection: its request head decides between the WebSocket
+/// endpoint, the control API, the REST routes and a 404.
+async fn handle_socket(served: Arc<Served>, mut tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let mut shutdown = served.hub.subscribe_shutdown();
+    let head = tokio::select! {
+        head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut tcp)) => head,
+        _ = shutdown.changed() => return,
+    };
+    let head = match head {
+        Ok(Ok(head)) => head,
+        Ok(Err(HeadError::Bad(status, message))) => {
+            let _ = respond_json(&mut tcp, status, &serde_json::json!({ "error": message })).await;
+            return;
+        }
+        Ok(Err(HeadError::Gone)) | Err(_) => return,
+    };
+    let path = head.path().to_owned();
+    let hub = Arc::clone(&served.hub);
+    if head.is_websocket_upgrade() {
+        if !is_websocket_path(&path) {
+            let body = serde_json::json!({
+                "error": format!("no WebSocket endpoint at {path}; use {}", vantiq_proto::WEBSOCKET_PATH)
+            });
+            let _ = respond_json(&mut tcp, 404, &body).await;
+            return;
+        }
+        if !accept_upgrade(&mut tcp, &head).await {
+            return;
+        }
+        tracing::debug!(%peer, "testkit WebSocket accepted");
+        let ws = WebSocketStream::from_partially_read(
+            TokioAdapter::new(tcp),
+            head.rest,
+            Role::Server,
+            Some(served.ws_config),
+        )
+        .await;
+        crate::socket::serve(hub, ws, peer.to_string()).await;
+    } else if served.control_api && (path == "/control" || path.starts_with("/control/")) {
+        handle_control(hub, &served.control, tcp, head).await;
+    } else if served.rest_api && rest_route(&path).is_some() {
+        handle_rest(hub, &served.rest, tcp, head).await;
+    } else {
+        let body = serde_json::json!({ "error": format!("nothing at {path}") });
+        let _ = respond_json(&mut tcp, 404, &body).await;
+    }
+}
+
 /// An embedded Vantiq server speaking the server side of the extension-source protocol.
 ///
 /// Start one with [`TestServer::start`] or [`TestServer::builder`], point a connector's
@@ -502,9 +368,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// dropped abruptly); [`TestServer::shutdown`] does the same and waits until the port is
 /// released.
 pub struct TestServer {
-    shared: Arc<Shared>,
+    served: Arc<Served>,
+    hub: Arc<Hub>,
     addr: SocketAddr,
     accept: Option<JoinHandle<()>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -554,68 +422,121 @@ impl TestServer {
     /// # Errors
     /// [`TestkitError::UnknownSource`] when the server has no such source.
     pub fn source(&self, name: &str) -> Result<SourceHandle> {
-        self.shared
-            .source(name)
-            .map(|s| SourceHandle::new(Arc::clone(&self.shared), s))
-            .ok_or_else(|| TestkitError::UnknownSource {
-                name: name.to_owned(),
-            })
+        SourceHandle::new(Arc::clone(&self.hub), name).ok_or_else(|| TestkitError::UnknownSource {
+            name: name.to_owned(),
+        })
     }
 
     /// Defines a source while the server runs (or replaces the configuration of an existing
     /// one, keeping its state) and returns its handle.
     pub fn add_source(&self, name: &str, config: impl Into<Json>) -> SourceHandle {
-        let config = config.into();
-        let src = {
-            let mut sources = lock(&self.shared.sources);
-            match sources.get(name) {
-                Some(existing) => {
-                    lock(&existing.state).config = config;
-                    Arc::clone(existing)
-                }
-                None => {
-                    let src = Arc::new(SourceShared::new(name.to_owned(), config));
-                    sources.insert(name.to_owned(), Arc::clone(&src));
-                    src
-                }
-            }
-        };
-        SourceHandle::new(Arc::clone(&self.shared), src)
+        self.hub.define_source(name, config.into());
+        match SourceHandle::new(Arc::clone(&self.hub), name) {
+            Some(h) => h,
+            None => unreachable!("the source was just defined"),
+        }
     }
 
     /// A summary of every source, sorted by name.
     #[must_use]
     pub fn sources(&self) -> Vec<SourceInfo> {
-        sources_info(&self.shared)
+        self.hub.infos()
     }
 
     /// WebSocket connections accepted so far (every upgrade on the WebSocket path).
     #[must_use]
     pub fn sockets_opened(&self) -> u64 {
-        self.shared.sockets_opened.load(Ordering::Relaxed)
+        self.hub.sockets_opened.load(Ordering::Relaxed)
+    }
+
+    /// WebSocket connections open now.
+    #[must_use]
+    pub fn open_sockets(&self) -> usize {
+        self.hub.connection_count()
     }
 
     /// `validate` and `authenticate` frames received so far, accepted or not.
     #[must_use]
     pub fn auth_attempts(&self) -> u64 {
-        self.shared.auth_attempts.load(Ordering::Relaxed)
+        self.hub.auth_attempts()
     }
 
-    /// Every frame received on any socket, in arrival order (including those before
-    /// `connectExtension`). Empty when recording is off.
+    /// The frames received on any socket, in arrival order (including those before
+    /// `connectExtension`): the last [`record_limit`](TestServerBuilder::record_limit) ones.
+    /// Empty when recording is off.
     #[must_use]
     pub fn frames(&self) -> Vec<FrameRecord> {
-        lock(&self.shared.log)
-            .frames
+        self.hub
+            .with(|inner| inner.frames.to_vec())
             .iter()
             .map(|f| FrameRecord::clone(f))
             .collect()
     }
 
-    /// Everything unexpected a connector did so far, in order.
+    /// Everything unexpected a connector did so far, in order (the last
+    /// [`record_limit`](TestServerBuilder::record_limit) ones).
     #[must_use]
     pub fn anomalies(&self) -> Vec<Anomaly> {
-        lock(&self.shared.log).anomalies.clone()
+        self.hub.with(|inner| inner.anomalies.to_vec())
+    }
+
+    /// Closes every connection cleanly with close code 1001 ("going away"), as a Vantiq
+    /// server restarting does, and goes on accepting: connectors reconnect. Returns how many
+    /// connections were closed.
+    pub fn restart(&self) -> usize {
+        self.hub.close_all(1001, "server restart")
+    }
+
+    /// Closes every connection with 1001 and waits up to `limit` for the connectors to
+    /// answer their close frames. Returns whether every socket ended in time.
+    pub async fn close_all(&self, limit: Duration) -> bool {
+        self.hub.close_all(1001, "server shutting down");
+        let deadline = crate::util::deadline_after(limit);
+        loop {
+            let changed = self.hub.log_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.hub.connection_count() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.hub.connection_count() == 0;
+            }
+        }
+    }
+
+    /// Serves one already-upgraded WebSocket (server role) until it ends: the future does
+    /// only I/O around the server's state (futures I/O and `tokio::sync`), so it can be
+    /// awaited on any executor, e.g. by a test that plays the network itself. The source
+    /// handles see the connection like any other.
+    pub async fn serve_websocket<S>(&self, ws: WebSocketStream<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let _guard = self.hub.task_started();
+        crate::socket::serve(Arc::clone(&self.hub), ws, "a caller".into()).await;
+    }
+
+    /// Serves a connection that did not come through the listener: any byte stream (an
+    /// in-memory pipe, a proxy's socket) on which a connector opens its WebSocket. The
+    /// WebSocket handshake (server role) and the whole session run on the server's runtime;
+    /// this returns at once, and the source handles see the connection like any other. Call
+    /// it from any thread or runtime.
+    pub fn serve_stream<S>(&self, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let served = Arc::clone(&self.served);
+        let guard = served.hub.task_started();
+        self.runtime.spawn(async move {
+            match async_tungstenite::accept_async_with_config(io, Some(served.ws_config)).await {
+                Ok(ws) => {
+                    crate::socket::serve(Arc::clone(&served.hub), ws, "a stream".into()).await
+                }
+                Err(error) => tracing::debug!(%error, "testkit: WebSocket handshake failed"),
+            }
+            drop(guard);
+        });
     }
 
     /// Waits up to `timeout` until at least `n` anomalies were recorded; returns them all.
@@ -625,13 +546,12 @@ impl TestServer {
     pub async fn wait_anomalies(&self, n: usize, timeout: Duration) -> Result<Vec<Anomaly>> {
         self.wait_log(
             timeout,
-            |s| {
-                let count = lock(&s.log).anomalies.len();
+            |hub| {
+                let count = hub.with(|inner| inner.anomalies.total());
                 format!("{n} anomalies ({count} recorded)")
             },
-            |s| {
-                let log = lock(&s.log);
-                (log.anomalies.len() >= n).then(|| log.anomalies.clone())
+            |hub| {
+                hub.with(|inner| (inner.anomalies.total() >= n).then(|| inner.anomalies.to_vec()))
             },
         )
         .await
@@ -645,14 +565,14 @@ impl TestServer {
     pub async fn wait_sockets(&self, n: u64, timeout: Duration) -> Result<u64> {
         self.wait_log(
             timeout,
-            |s| {
+            |hub| {
                 format!(
                     "{n} WebSocket connections ({} so far)",
-                    s.sockets_opened.load(Ordering::Relaxed)
+                    hub.sockets_opened.load(Ordering::Relaxed)
                 )
             },
-            |s| {
-                let count = s.sockets_opened.load(Ordering::Relaxed);
+            |hub| {
+                let count = hub.sockets_opened.load(Ordering::Relaxed);
                 (count >= n).then_some(count)
             },
         )
@@ -663,47 +583,36 @@ impl TestServer {
     /// crashed server would), fails queries in flight with [`TestkitError::ServerGone`], and
     /// returns once the listening port is released (so a new server can bind it).
     pub async fn shutdown(mut self) {
-        self.shared.begin_shutdown();
+        self.hub.shut_down();
         if let Some(accept) = self.accept.take() {
             accept.abort();
             let _ = accept.await;
         }
         // Socket tasks end at once on the shutdown signal; do not wait forever for one that
         // is stuck in a write.
-        let deadline = deadline_after(Duration::from_secs(5));
-        loop {
-            let done = self.shared.tasks_done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if self.shared.tasks.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, done).await.is_err() {
-                break;
-            }
-        }
+        self.hub.wait_tasks(Duration::from_secs(5)).await;
     }
 
     async fn wait_log<T>(
         &self,
         timeout: Duration,
-        what: impl FnOnce(&Shared) -> String,
-        check: impl Fn(&Shared) -> Option<T>,
+        what: impl FnOnce(&Hub) -> String,
+        check: impl Fn(&Hub) -> Option<T>,
     ) -> Result<T> {
-        let deadline = deadline_after(timeout);
+        let deadline = crate::util::deadline_after(timeout);
         loop {
-            let notified = self.shared.log_changed.notified();
+            let notified = self.hub.log_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(v) = check(&self.shared) {
+            if let Some(v) = check(&self.hub) {
                 return Ok(v);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                if let Some(v) = check(&self.shared) {
+                if let Some(v) = check(&self.hub) {
                     return Ok(v);
                 }
                 return Err(TestkitError::Timeout {
-                    what: what(&self.shared),
+                    what: what(&self.hub),
                     after: timeout,
                 });
             }
@@ -713,17 +622,9 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.shared.begin_shutdown();
+        self.hub.shut_down();
         if let Some(accept) = self.accept.take() {
             accept.abort();
         }
     }
-}
-
-/// Every source's summary, sorted by name.
-pub(crate) fn sources_info(shared: &Shared) -> Vec<SourceInfo> {
-    let sources: Vec<_> = lock(&shared.sources).values().cloned().collect();
-    let mut infos: Vec<_> = sources.iter().map(|s| s.info()).collect();
-    infos.sort_by(|a, b| a.name.cmp(&b.name));
-    infos
 }

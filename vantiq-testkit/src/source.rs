@@ -1,121 +1,16 @@
-//! Per-source state and [`SourceHandle`], the test's grip on one source.
+//! [`SourceHandle`], the test's grip on one source.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::Message;
 use futures_util::Stream;
-use tokio::sync::{Notify, mpsc, oneshot};
-use vantiq_proto::frame::ServerFrame;
-use vantiq_proto::{Json, Status};
+use tokio::sync::Notify;
+use vantiq_proto::Json;
 
-use crate::conn::Command;
 use crate::error::{Result, TestkitError};
-use crate::query::{Pending, QueryResult};
-use crate::records::{ConnectAttempt, FrameRecord, RawFrame, SourceInfo};
-use crate::server::Shared;
-use crate::util::{deadline_after, lock};
-
-/// The connection that currently holds a source.
-pub(crate) struct Live {
-    /// The server's number for the socket.
-    pub(crate) conn: u64,
-    /// Commands to that socket's task.
-    pub(crate) tx: mpsc::UnboundedSender<Command>,
-    /// The `reconnectSecret` it attached with.
-    pub(crate) secret: Option<String>,
-}
-
-/// Everything the server knows about one source.
-pub(crate) struct SourceState {
-    pub(crate) config: Json,
-    pub(crate) live: Option<Live>,
-    pub(crate) configured: bool,
-    pub(crate) refuse_remaining: u32,
-    pub(crate) flapping: bool,
-    pub(crate) connect_attempts: u64,
-    pub(crate) connections: u64,
-    pub(crate) disconnects: u64,
-    pub(crate) reconnect_secret: Option<String>,
-    pub(crate) notifications: Vec<Json>,
-    pub(crate) notification_count: u64,
-    pub(crate) cursor: usize,
-    pub(crate) frames: Vec<Arc<FrameRecord>>,
-    pub(crate) connect_log: Vec<ConnectAttempt>,
-    pub(crate) close_frames: Vec<(Option<u16>, String)>,
-}
-
-impl SourceState {
-    /// Whether socket `conn` holds the source.
-    pub(crate) fn held_by(&self, conn: u64) -> bool {
-        self.live.as_ref().is_some_and(|l| l.conn == conn)
-    }
-}
-
-/// A source: its name, its state, and a wake-up for waiters.
-pub(crate) struct SourceShared {
-    pub(crate) name: String,
-    pub(crate) state: std::sync::Mutex<SourceState>,
-    pub(crate) changed: Notify,
-}
-
-impl SourceShared {
-    pub(crate) fn new(name: String, config: Json) -> Self {
-        SourceShared {
-            name,
-            state: std::sync::Mutex::new(SourceState {
-                config,
-                live: None,
-                configured: false,
-                refuse_remaining: 0,
-                flapping: false,
-                connect_attempts: 0,
-                connections: 0,
-                disconnects: 0,
-                reconnect_secret: None,
-                notifications: Vec::new(),
-                notification_count: 0,
-                cursor: 0,
-                frames: Vec::new(),
-                connect_log: Vec::new(),
-                close_frames: Vec::new(),
-            }),
-            changed: Notify::new(),
-        }
-    }
-
-    /// Lets go of the source if socket `conn` holds it. Returns whether it did.
-    pub(crate) fn release(&self, conn: u64) -> bool {
-        let released = {
-            let mut st = lock(&self.state);
-            if st.held_by(conn) {
-                st.live = None;
-                st.configured = false;
-                st.disconnects += 1;
-                true
-            } else {
-                false
-            }
-        };
-        if released {
-            self.changed.notify_waiters();
-        }
-        released
-    }
-
-    pub(crate) fn info(&self) -> SourceInfo {
-        let st = lock(&self.state);
-        SourceInfo {
-            name: self.name.clone(),
-            connected: st.live.is_some(),
-            configured: st.configured,
-            reconnect_secret: st.reconnect_secret.clone(),
-            connections: st.connections,
-            connect_attempts: st.connect_attempts,
-            notifications: st.notification_count,
-        }
-    }
-}
+use crate::hub::{Hub, QueryOutcome, SourceView};
+use crate::records::{ConnectAttempt, FrameRecord, QueryResult, RawFrame, SourceInfo};
+use crate::util::deadline_after;
 
 /// A handle on one source of a [`TestServer`](crate::TestServer): drive it (publish, query,
 /// `reconnectRequired`, drop the connection, refuse connects, send raw frames) and observe it
@@ -126,27 +21,34 @@ impl SourceShared {
 /// [`TestkitError::Timeout`] that names what it was waiting for.
 #[derive(Clone)]
 pub struct SourceHandle {
-    shared: Arc<Shared>,
-    source: Arc<SourceShared>,
+    hub: Arc<Hub>,
+    name: Arc<str>,
+    changed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for SourceHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourceHandle")
-            .field("name", &self.source.name)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
 
 impl SourceHandle {
-    pub(crate) fn new(shared: Arc<Shared>, source: Arc<SourceShared>) -> Self {
-        SourceHandle { shared, source }
+    /// A handle on `name`, if the server defines it.
+    pub(crate) fn new(hub: Arc<Hub>, name: &str) -> Option<Self> {
+        let changed = hub.changed(name)?;
+        Some(SourceHandle {
+            hub,
+            name: Arc::from(name),
+            changed,
+        })
     }
 
     /// The source name.
     #[must_use]
     pub fn name(&self) -> &str {
-        &self.source.name
+        &self.name
     }
 
     // -----------------------------------------------------------------------------------------
@@ -158,12 +60,7 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::NotConnected`] when no configured connection holds the source.
     pub async fn publish(&self, object: impl Into<Json>) -> Result<()> {
-        let frame = ServerFrame::Publish {
-            resource_id: Some(self.source.name.clone()),
-            object: object.into(),
-        };
-        let msg = self.shared.server_frame(&frame);
-        self.send(Command::Send(msg), true)
+        self.hub.publish(&self.name, object.into())
     }
 
     /// Sends a `query` with `params` (the `WITH` clause) and waits, up to the server's default
@@ -173,7 +70,7 @@ impl SourceHandle {
     /// # Errors
     /// See [`SourceHandle::query_with_timeout`].
     pub async fn query(&self, params: impl Into<Json>) -> Result<QueryResult> {
-        self.query_with_timeout(params, self.shared.opts.query_timeout)
+        self.query_with_timeout(params, self.hub.opts.query_timeout)
             .await
     }
 
@@ -198,51 +95,49 @@ impl SourceHandle {
         params: impl Into<Json>,
         timeout: Duration,
     ) -> Result<QueryResult> {
-        let address = self.shared.new_id();
-        let (done_tx, done_rx) = oneshot::channel();
-        let frame = ServerFrame::Query {
-            resource_id: Some(self.source.name.clone()),
-            reply_address: address.clone(),
-            object: params.into(),
-        };
-        let msg = self.shared.server_frame(&frame);
-        lock(&self.shared.pending).insert(
-            address.clone(),
-            Pending {
-                result: QueryResult {
-                    reply_address: address.clone(),
-                    status: Status(0),
-                    rows: Vec::new(),
-                    parts: Vec::new(),
-                },
-                done: done_tx,
-            },
-        );
-        if let Err(e) = self.send(Command::Send(msg), true) {
-            lock(&self.shared.pending).remove(&address);
-            return Err(e);
-        }
-        let outcome = tokio::time::timeout_at(deadline_after(timeout), done_rx).await;
-        match outcome {
-            Ok(Ok(result)) if result.status.is_error() => Err(TestkitError::QueryFailed {
-                source_name: self.source.name.clone(),
-                result: Box::new(result),
-            }),
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(_)) => Err(TestkitError::ServerGone),
+        let start = Instant::now();
+        let (address, mut done) =
+            self.hub
+                .start_query(&self.name, params.into(), start, timeout)?;
+        let deadline = tokio::time::Instant::from_std(start) + timeout.min(MAX_TIMEOUT);
+        let outcome = match tokio::time::timeout_at(deadline, &mut done).await {
+            Ok(outcome) => outcome,
             Err(_) => {
-                let partials = lock(&self.shared.pending)
-                    .remove(&address)
-                    .map_or(0, |p| p.result.parts.len());
-                Err(TestkitError::Timeout {
-                    what: format!(
-                        "the terminal reply to query {address} on source `{}` \
-                         ({partials} partial replies received)",
-                        self.source.name
-                    ),
-                    after: timeout,
+                // The deadline passed: the server's registry ends the query, handing over
+                // what came so far.
+                self.hub.expire_queries(Instant::now());
+                match done.try_recv() {
+                    Ok(outcome) => Ok(outcome),
+                    Err(_) => {
+                        let partials = self.hub.cancel_query(&address).map_or(0, |r| r.parts.len());
+                        return Err(self.query_timeout(&address, partials, timeout));
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(QueryOutcome::Finished(result)) if result.status.is_error() => {
+                Err(TestkitError::QueryFailed {
+                    source_name: self.name.to_string(),
+                    result: Box::new(result),
                 })
             }
+            Ok(QueryOutcome::Finished(result)) => Ok(result),
+            Ok(QueryOutcome::TimedOut(result)) => {
+                Err(self.query_timeout(&address, result.parts.len(), timeout))
+            }
+            Err(_) => Err(TestkitError::ServerGone),
+        }
+    }
+
+    fn query_timeout(&self, address: &str, partials: usize, timeout: Duration) -> TestkitError {
+        TestkitError::Timeout {
+            what: format!(
+                "the terminal reply to query {address} on source `{}` ({partials} partial \
+                 replies received)",
+                self.name
+            ),
+            after: timeout,
         }
     }
 
@@ -254,42 +149,21 @@ impl SourceHandle {
     /// [`TestkitError::NotConnected`] when no connection holds the source (the new
     /// configuration is stored all the same).
     pub async fn reconnect_required(&self, new_config: Option<Json>) -> Result<()> {
-        let frame = ServerFrame::ReconnectRequired {
-            resource_id: Some(self.source.name.clone()),
-        };
-        let msg = self.shared.server_frame(&frame);
-        let sent = {
-            let mut st = lock(&self.source.state);
-            if let Some(config) = new_config {
-                st.config = config;
-            }
-            match &st.live {
-                Some(live) => {
-                    let ok = live.tx.send(Command::Send(msg)).is_ok();
-                    st.configured = false;
-                    ok
-                }
-                None => false,
-            }
-        };
-        self.source.changed.notify_waiters();
-        if sent {
-            Ok(())
-        } else {
-            Err(self.not_connected())
-        }
+        self.hub.reconnect_required(&self.name, new_config)
     }
 
     /// Replaces the configuration sent by the next `configureExtension`, without telling the
     /// connector.
     pub fn set_config(&self, config: impl Into<Json>) {
-        lock(&self.source.state).config = config.into();
+        self.hub.define_source(&self.name, config.into());
     }
 
     /// The configuration the next `configureExtension` will carry.
     #[must_use]
     pub fn config(&self) -> Json {
-        lock(&self.source.state).config.clone()
+        self.view(|v| v.config.cloned())
+            .flatten()
+            .unwrap_or_else(Json::empty_object)
     }
 
     /// Drops the live connection abruptly: the socket is closed without a WebSocket close
@@ -298,36 +172,30 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::NotConnected`] when no connection holds the source.
     pub async fn drop_connection(&self) -> Result<()> {
-        let live = {
-            let mut st = lock(&self.source.state);
-            let live = st.live.take();
-            if live.is_some() {
-                st.configured = false;
-                st.disconnects += 1;
-            }
-            live
-        };
-        match live {
-            Some(live) => {
-                let _ = live.tx.send(Command::Abort);
-                self.source.changed.notify_waiters();
-                Ok(())
-            }
-            None => Err(self.not_connected()),
-        }
+        self.hub.drop_connection(&self.name)
+    }
+
+    /// Closes the live connection cleanly: a WebSocket close frame with `code` and `reason`
+    /// (1000 normal closure, 1001 the server is going away, 1011 a server error, …). The
+    /// source is free at once; the connector's close reply ends the socket.
+    ///
+    /// # Errors
+    /// [`TestkitError::NotConnected`] when no connection holds the source.
+    pub async fn close(&self, code: u16, reason: &str) -> Result<()> {
+        self.hub.close_source(&self.name, code, reason)
     }
 
     /// Answers the next `n` `connectExtension`s for this source with the error the real
     /// server gives while a source restarts: status 400, "… does not have an associated
     /// stream". Replaces any refusals still pending.
     pub fn refuse_connects(&self, n: u32) {
-        lock(&self.source.state).refuse_remaining = n;
+        self.hub.set_refusals(&self.name, n);
     }
 
     /// When on, every accepted connection is dropped abruptly right after its
     /// `configureExtension` was sent: a flapping server, for back-off tests.
     pub fn set_flapping(&self, on: bool) {
-        lock(&self.source.state).flapping = on;
+        self.hub.set_flapping(&self.name, on);
     }
 
     /// Sends `frame` on the live connection exactly as given (text or binary), whether or not
@@ -336,11 +204,7 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::NotConnected`] when no connection holds the source.
     pub async fn send_raw(&self, frame: impl Into<RawFrame>) -> Result<()> {
-        let msg = match frame.into() {
-            RawFrame::Text(t) => Message::text(t),
-            RawFrame::Binary(b) => Message::binary(b),
-        };
-        self.send(Command::Send(msg), false)
+        self.hub.send_raw(&self.name, frame.into())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -350,44 +214,44 @@ impl SourceHandle {
     /// Whether a connection holds the source.
     #[must_use]
     pub fn is_connected(&self) -> bool {
-        lock(&self.source.state).live.is_some()
+        self.view(|v| v.connected).unwrap_or(false)
     }
 
     /// Whether a connection holds the source and was sent the current configuration.
     #[must_use]
     pub fn is_configured(&self) -> bool {
-        lock(&self.source.state).configured
+        self.view(|v| v.configured).unwrap_or(false)
     }
 
     /// `connectExtension`s received for this source, accepted or refused.
     #[must_use]
     pub fn connect_attempts(&self) -> u64 {
-        lock(&self.source.state).connect_attempts
+        self.view(|v| v.rec.connect_attempts).unwrap_or(0)
     }
 
     /// `connectExtension`s accepted (sessions started) for this source.
     #[must_use]
     pub fn connections(&self) -> u64 {
-        lock(&self.source.state).connections
+        self.view(|v| v.rec.connections).unwrap_or(0)
     }
 
     /// Times a connection holding the source ended (closed by the connector, dropped, taken
     /// over, or the server shut down).
     #[must_use]
     pub fn disconnects(&self) -> u64 {
-        lock(&self.source.state).disconnects
+        self.view(|v| v.rec.disconnects).unwrap_or(0)
     }
 
     /// The `reconnectSecret` of the last accepted `connectExtension`.
     #[must_use]
     pub fn reconnect_secret(&self) -> Option<String> {
-        lock(&self.source.state).reconnect_secret.clone()
+        self.view(|v| v.rec.reconnect_secret.clone()).flatten()
     }
 
     /// Every `connectExtension` received for this source and how it was answered, in order.
     #[must_use]
     pub fn connect_log(&self) -> Vec<ConnectAttempt> {
-        lock(&self.source.state).connect_log.clone()
+        self.view(|v| v.rec.connect_log.clone()).unwrap_or_default()
     }
 
     /// Close frames received from connections that held the source, in order: the code
@@ -395,7 +259,8 @@ impl SourceHandle {
     /// adds nothing.
     #[must_use]
     pub fn close_frames(&self) -> Vec<(Option<u16>, String)> {
-        lock(&self.source.state).close_frames.clone()
+        self.view(|v| v.rec.close_frames.clone())
+            .unwrap_or_default()
     }
 
     /// Every frame received for this source: its `connectExtension`s and everything that
@@ -403,8 +268,8 @@ impl SourceHandle {
     /// ([`TestServerBuilder::record`](crate::TestServerBuilder::record)).
     #[must_use]
     pub fn frames(&self) -> Vec<FrameRecord> {
-        lock(&self.source.state)
-            .frames
+        self.view(|v| v.rec.frames.to_vec())
+            .unwrap_or_default()
             .iter()
             .map(|f| FrameRecord::clone(f))
             .collect()
@@ -413,19 +278,28 @@ impl SourceHandle {
     /// A summary of the source.
     #[must_use]
     pub fn info(&self) -> SourceInfo {
-        self.source.info()
+        self.hub.info(&self.name).unwrap_or_else(|| SourceInfo {
+            name: self.name.to_string(),
+            connected: false,
+            configured: false,
+            reconnect_secret: None,
+            connections: 0,
+            connect_attempts: 0,
+            notifications: 0,
+        })
     }
 
     /// Notifications received so far (counted even when recording is off).
     #[must_use]
     pub fn notification_count(&self) -> u64 {
-        lock(&self.source.state).notification_count
+        self.view(|v| v.rec.notification_count).unwrap_or(0)
     }
 
     /// Every notification's `object` received so far, in order.
     #[must_use]
     pub fn notifications_snapshot(&self) -> Vec<Json> {
-        lock(&self.source.state).notifications.clone()
+        self.view(|v| v.rec.notifications.to_vec())
+            .unwrap_or_default()
     }
 
     /// The notifications after the first `after` ones, and the index to ask for next.
@@ -433,8 +307,8 @@ impl SourceHandle {
     /// `after` beyond the end gives nothing and the current end.
     #[must_use]
     pub fn notifications_after(&self, after: usize) -> (usize, Vec<Json>) {
-        let st = lock(&self.source.state);
-        slice_after(&st.notifications, after)
+        self.view(|v| v.rec.notifications.after(after))
+            .unwrap_or_default()
     }
 
     /// Like [`SourceHandle::notifications_after`], but waits up to `wait` for at least one
@@ -449,8 +323,8 @@ impl SourceHandle {
             .wait_for(
                 wait,
                 |_| String::new(),
-                |st| {
-                    (st.notifications.len() != after).then(|| slice_after(&st.notifications, after))
+                |v| {
+                    (v.rec.notifications.total() != after).then(|| v.rec.notifications.after(after))
                 },
             )
             .await;
@@ -463,20 +337,20 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::Timeout`] when none came.
     pub async fn next_notification(&self, timeout: Duration) -> Result<Json> {
-        let name = self.source.name.clone();
+        let name = self.name.clone();
         self.wait_for(
             timeout,
-            |st| {
+            |v| {
                 format!(
                     "notification #{} on source `{name}` ({} received so far)",
-                    st.cursor + 1,
-                    st.notifications.len()
+                    v.rec.cursor + 1,
+                    v.rec.notifications.total()
                 )
             },
-            |st| {
-                let item = st.notifications.get(st.cursor).cloned();
+            |v| {
+                let item = v.rec.notifications.get(v.rec.cursor).cloned();
                 if item.is_some() {
-                    st.cursor += 1;
+                    v.rec.cursor += 1;
                 }
                 item
             },
@@ -494,7 +368,7 @@ impl SourceHandle {
                 .wait_for(
                     Duration::MAX,
                     |_| String::new(),
-                    |st| st.notifications.get(index).cloned(),
+                    |v| v.rec.notifications.get(index).cloned(),
                 )
                 .await
                 .ok()?;
@@ -507,16 +381,16 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::Timeout`] naming how many of the `n` arrived.
     pub async fn wait_notifications(&self, n: usize, timeout: Duration) -> Result<Vec<Json>> {
-        let name = self.source.name.clone();
+        let name = self.name.clone();
         self.wait_for(
             timeout,
-            |st| {
+            |v| {
                 format!(
                     "{n} notifications on source `{name}` ({} received)",
-                    st.notifications.len()
+                    v.rec.notifications.total()
                 )
             },
-            |st| (st.notifications.len() >= n).then(|| st.notifications.clone()),
+            |v| (v.rec.notifications.total() >= n).then(|| v.rec.notifications.to_vec()),
         )
         .await
     }
@@ -527,16 +401,16 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::Timeout`] naming how many arrived.
     pub async fn wait_notification_count(&self, n: u64, timeout: Duration) -> Result<u64> {
-        let name = self.source.name.clone();
+        let name = self.name.clone();
         self.wait_for(
             timeout,
-            |st| {
+            |v| {
                 format!(
                     "{n} notifications on source `{name}` ({} received)",
-                    st.notification_count
+                    v.rec.notification_count
                 )
             },
-            |st| (st.notification_count >= n).then_some(st.notification_count),
+            |v| (v.rec.notification_count >= n).then_some(v.rec.notification_count),
         )
         .await
     }
@@ -547,16 +421,16 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::Timeout`] naming the source and the attempts seen.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        let name = self.source.name.clone();
+        let name = self.name.clone();
         self.wait_for(
             timeout,
-            |st| {
+            |v| {
                 format!(
                     "a connection to source `{name}` ({} connectExtension attempts so far)",
-                    st.connect_attempts
+                    v.rec.connect_attempts
                 )
             },
-            |st| st.live.is_some().then_some(()),
+            |v| v.connected.then_some(()),
         )
         .await
     }
@@ -567,18 +441,17 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::Timeout`] naming the source and the attempts seen.
     pub async fn wait_configured(&self, timeout: Duration) -> Result<Json> {
-        let name = self.source.name.clone();
+        let name = self.name.clone();
         self.wait_for(
             timeout,
-            |st| {
+            |v| {
                 format!(
                     "source `{name}` to be configured (connected: {}, {} connectExtension \
                      attempts so far)",
-                    st.live.is_some(),
-                    st.connect_attempts
+                    v.connected, v.rec.connect_attempts
                 )
             },
-            |st| st.configured.then(|| st.config.clone()),
+            |v| v.configured.then(|| v.config.cloned()).flatten(),
         )
         .await
     }
@@ -588,11 +461,11 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::Timeout`].
     pub async fn wait_disconnected(&self, timeout: Duration) -> Result<()> {
-        let name = self.source.name.clone();
+        let name = self.name.clone();
         self.wait_for(
             timeout,
             |_| format!("the connection to source `{name}` to end"),
-            |st| st.live.is_none().then_some(()),
+            |v| (!v.connected).then_some(()),
         )
         .await
     }
@@ -603,16 +476,16 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::Timeout`] naming how many there were.
     pub async fn wait_connections(&self, n: u64, timeout: Duration) -> Result<u64> {
-        let name = self.source.name.clone();
+        let name = self.name.clone();
         self.wait_for(
             timeout,
-            |st| {
+            |v| {
                 format!(
                     "{n} accepted connections to source `{name}` ({} so far, {} attempts)",
-                    st.connections, st.connect_attempts
+                    v.rec.connections, v.rec.connect_attempts
                 )
             },
-            |st| (st.connections >= n).then_some(st.connections),
+            |v| (v.rec.connections >= n).then_some(v.rec.connections),
         )
         .await
     }
@@ -623,16 +496,16 @@ impl SourceHandle {
     /// # Errors
     /// [`TestkitError::Timeout`] naming how many there were.
     pub async fn wait_connect_attempts(&self, n: u64, timeout: Duration) -> Result<u64> {
-        let name = self.source.name.clone();
+        let name = self.name.clone();
         self.wait_for(
             timeout,
-            |st| {
+            |v| {
                 format!(
                     "{n} connectExtension attempts for source `{name}` ({} so far)",
-                    st.connect_attempts
+                    v.rec.connect_attempts
                 )
             },
-            |st| (st.connect_attempts >= n).then_some(st.connect_attempts),
+            |v| (v.rec.connect_attempts >= n).then_some(v.rec.connect_attempts),
         )
         .await
     }
@@ -641,48 +514,35 @@ impl SourceHandle {
     // Internals
     // -----------------------------------------------------------------------------------------
 
-    fn not_connected(&self) -> TestkitError {
-        TestkitError::NotConnected {
-            source_name: self.source.name.clone(),
-        }
-    }
-
-    /// Hands a command to the socket holding the source.
-    fn send(&self, cmd: Command, require_configured: bool) -> Result<()> {
-        let st = lock(&self.source.state);
-        match &st.live {
-            Some(live) if st.configured || !require_configured => {
-                live.tx.send(cmd).map_err(|_| self.not_connected())
-            }
-            _ => Err(self.not_connected()),
-        }
+    /// Runs `f` on this source's view.
+    fn view<T>(&self, f: impl FnOnce(SourceView<'_>) -> T) -> Option<T> {
+        self.hub.view(&self.name, f)
     }
 
     /// Waits until `check` gives a value, re-checking whenever the source changes.
     async fn wait_for<T>(
         &self,
         timeout: Duration,
-        what: impl FnOnce(&SourceState) -> String,
-        mut check: impl FnMut(&mut SourceState) -> Option<T>,
+        what: impl FnOnce(SourceView<'_>) -> String,
+        mut check: impl FnMut(SourceView<'_>) -> Option<T>,
     ) -> Result<T> {
         let deadline = deadline_after(timeout);
         loop {
-            let notified = self.source.changed.notified();
+            let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(v) = check(&mut lock(&self.source.state)) {
+            if let Some(v) = self.view(&mut check).flatten() {
                 return Ok(v);
             }
-            if self.shared.is_shut_down() {
+            if self.hub.is_shut_down() {
                 return Err(TestkitError::ServerGone);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let mut st = lock(&self.source.state);
-                if let Some(v) = check(&mut st) {
+                if let Some(v) = self.view(&mut check).flatten() {
                     return Ok(v);
                 }
                 return Err(TestkitError::Timeout {
-                    what: what(&st),
+                    what: self.view(what).unwrap_or_default(),
                     after: timeout,
                 });
             }
@@ -690,9 +550,5 @@ impl SourceHandle {
     }
 }
 
-fn slice_after(items: &[Json], after: usize) -> (usize, Vec<Json>) {
-    match items.get(after..) {
-        Some(rest) => (items.len(), rest.to_vec()),
-        None => (items.len(), Vec::new()),
-    }
-}
+/// Longest query timeout honoured (a `Duration::MAX` must not overflow the deadline).
+const MAX_TIMEOUT: Duration = Duration::from_secs(60 * 60 * 24 * 365);

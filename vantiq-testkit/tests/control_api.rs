@@ -433,7 +433,7 @@ async fn http_details_expect_continue_chunked_and_garbage() {
     // curl sends `Expect: 100-continue` for larger bodies and waits for the 100.
     let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000));
     let request = format!(
-        "POST /control/sources/S/publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+        "POST /control/sources/S/publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\
          Expect: 100-continue\r\n\r\n",
         body.len()
     );
@@ -452,7 +452,7 @@ async fn http_details_expect_continue_chunked_and_garbage() {
     assert_eq!(common::parse_response(&rest).status, 202);
     assert!(matches!(c.recv().await, ServerFrame::Publish { .. }));
 
-    let chunked = b"POST /control/sources/S/publish HTTP/1.1\r\nHost: x\r\n\
+    let chunked = b"POST /control/sources/S/publish HTTP/1.1\r\nHost: localhost\r\n\
         Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
     assert_eq!(http_raw(addr, chunked).await.status, 411);
 
@@ -460,8 +460,10 @@ async fn http_details_expect_continue_chunked_and_garbage() {
     let resp = http_raw(addr, garbage).await;
     assert_eq!(resp.status, 400);
 
-    let bad_length = b"POST /control/sources/S/publish HTTP/1.1\r\nContent-Length: lots\r\n\r\n";
+    let bad_length =
+        b"POST /control/sources/S/publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: lots\r\n\r\n";
     assert_eq!(http_raw(addr, bad_length).await.status, 400);
-    let huge = b"POST /control/sources/S/publish HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n";
+    let huge = b"POST /control/sources/S/publish HTTP/1.1\r\nHost: localhost\r\n\
+        Content-Length: 999999999999\r\n\r\n";
     assert_eq!(http_raw(addr, huge).await.status, 413);
 }

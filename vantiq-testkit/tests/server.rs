@@ -1118,3 +1118,116 @@ async fn handles_and_their_futures_are_send() {
     send(server.wait_anomalies(1, WAIT));
     send(server.shutdown());
 }
+
+#[tokio::test]
+async fn close_sends_a_close_frame_with_the_chosen_code_and_frees_the_source_at_once() {
+    let server = server_with("S", json!({})).await;
+    let src = server.source("S").unwrap();
+    let mut c = Client::session(&server, "T", "S", "S_c").await;
+    src.close(4000, "bye").await.unwrap();
+    assert!(!src.is_connected());
+    assert_eq!(c.recv_close().await, (4000, "bye".to_owned()));
+    assert!(matches!(
+        src.close(1000, "again").await,
+        Err(TestkitError::NotConnected { .. })
+    ));
+    // The same connector may attach again right away.
+    let _c2 = Client::session(&server, "T", "S", "S_c").await;
+    assert_eq!(src.connections(), 2);
+    assert_eq!(src.disconnects(), 1);
+}
+
+#[tokio::test]
+async fn restart_closes_every_connection_with_1001_and_accepts_again() {
+    let server = server_with("S", json!({})).await;
+    let src = server.source("S").unwrap();
+    let mut a = Client::session(&server, "T", "S", "S_r").await;
+    let mut bare = Client::connect(&server).await;
+    server.wait_sockets(2, WAIT).await.unwrap();
+    assert_eq!(server.restart(), 2);
+    assert_eq!(a.recv_close().await.0, 1001);
+    assert_eq!(bare.recv_close().await.0, 1001);
+    assert!(!src.is_connected());
+    let _b = Client::session(&server, "T", "S", "S_r").await;
+    src.wait_configured(WAIT).await.unwrap();
+    assert_eq!(server.restart(), 1);
+}
+
+#[tokio::test]
+async fn serve_stream_serves_a_connection_that_did_not_come_through_the_listener() {
+    use async_tungstenite::tokio::TokioAdapter;
+    let server = server_with("S", json!({"via": "pipe"})).await;
+    let src = server.source("S").unwrap();
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    server.serve_stream(TokioAdapter::new(server_end));
+    let (mut ws, _) = async_tungstenite::client_async(
+        "ws://in-memory/api/v1/wsock/websocket",
+        TokioAdapter::new(client_end),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text(
+        ClientFrame::Validate {
+            token: Some("T".into()),
+        }
+        .encode(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::text(
+        ClientFrame::ConnectExtension {
+            source: "S".into(),
+            reconnect_secret: None,
+        }
+        .encode(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        src.wait_configured(WAIT).await.unwrap().to_value(),
+        json!({"via": "pipe"})
+    );
+    assert_eq!(server.sockets_opened(), 1);
+    assert_eq!(server.open_sockets(), 1);
+}
+
+/// `serve_websocket` needs no tokio runtime: here the server's side of a pipe runs on a
+/// thread under smol's executor while the test drives the connector side on tokio.
+#[tokio::test]
+async fn serve_websocket_runs_on_any_executor() {
+    use async_tungstenite::tokio::TokioAdapter;
+    let server = std::sync::Arc::new(server_with("S", json!({})).await);
+    let src = server.source("S").unwrap();
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let s2 = std::sync::Arc::clone(&server);
+    let served = std::thread::spawn(move || {
+        smol::block_on(async move {
+            let ws = async_tungstenite::accept_async(TokioAdapter::new(server_end))
+                .await
+                .unwrap();
+            s2.serve_websocket(ws).await;
+        });
+    });
+    let (mut ws, _) = async_tungstenite::client_async(
+        "ws://in-memory/api/v1/wsock/websocket",
+        TokioAdapter::new(client_end),
+    )
+    .await
+    .unwrap();
+    for f in [
+        ClientFrame::Validate {
+            token: Some("T".into()),
+        },
+        ClientFrame::ConnectExtension {
+            source: "S".into(),
+            reconnect_secret: None,
+        },
+    ] {
+        ws.send(Message::text(f.encode())).await.unwrap();
+    }
+    src.wait_configured(WAIT).await.unwrap();
+    src.drop_connection().await.unwrap();
+    drop(ws);
+    served.join().unwrap();
+    src.wait_disconnected(WAIT).await.unwrap();
+}

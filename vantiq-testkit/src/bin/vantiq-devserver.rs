@@ -1,10 +1,13 @@
 //! `vantiq-devserver`: a local stand-in for a Vantiq server, for developing and poking
 //! extension-source connectors by hand.
 //!
-//! It runs the [`vantiq_testkit::TestServer`] with its JSON control API on, prints every
-//! frame it receives and sends (tokens and passwords redacted), and serves on one port both
-//! the connector WebSocket endpoint (`/api/v1/wsock/websocket`) and the control API
-//! (`/control/...`).
+//! It runs the [`vantiq_testkit::TestServer`] with its JSON control API and Vantiq's REST
+//! routes for sources on, prints every frame it receives and sends (tokens and passwords
+//! redacted), and serves on one port the connector WebSocket endpoint
+//! (`/api/v1/wsock/websocket`), the control API (`/control/...`) and
+//! `POST /api/v1/resources/sources/{name}[/query]`. On SIGTERM or SIGINT it closes every
+//! connection with close code 1001 (going away), as a Vantiq server shutting down does,
+//! then exits.
 //!
 //! # Using the devserver with curl
 //!
@@ -38,7 +41,23 @@
 //! curl -s -X POST localhost:8088/control/sources/Thermo/reconnect -d '{"pollMs":100}'
 //! # drop the connection without a close frame (test the connector's reconnect)
 //! curl -s -X POST localhost:8088/control/sources/Thermo/drop
+//! # close it cleanly with a chosen close code and reason
+//! curl -s -X POST 'localhost:8088/control/sources/Thermo/close?code=1011&reason=oops'
+//! # send any frame as it is (text; add ?binary=true for a binary frame)
+//! curl -s -X POST localhost:8088/control/sources/Thermo/frame -d '{"op":"mystery"}'
+//! # a server restart: every connection closed with 1001, connectors reconnect
+//! curl -s -X POST localhost:8088/control/restart
+//! # Vantiq's own REST routes, as Vantiq's client SDKs and tests call them
+//! curl -s -H 'Authorization: Bearer dev-token' \
+//!     localhost:8088/api/v1/resources/sources/Thermo -d '{"setPoint":21}'
+//! curl -s -H 'Authorization: Bearer dev-token' \
+//!     localhost:8088/api/v1/resources/sources/Thermo/query -d '{"room":"kitchen"}'
 //! ```
+//!
+//! The control API refuses requests a web page could make (a `Host` that is not this
+//! machine, a foreign `Origin`, `Sec-Fetch-Site: cross-site`); `--control-token` also
+//! requires `Authorization: Bearer <token>` on it. Listening on a non-loopback address prints
+//! a warning.
 //!
 //! A query answers `{"status":200,"rows":[…],"parts":N}` (`parts`: how many replies the
 //! connector sent), or for a query error `{"status":400,…,"error":{"messageCode",…}}`. With
@@ -73,6 +92,11 @@ Options:
   --no-bookkeeping          leave out the real server's bookkeeping fields
   --query-timeout-ms N      timeout of control-API queries without timeoutMs (default 10000)
   --max-message-size BYTES  largest message read from a connector (default 67108864)
+  --record-limit N          frames, notifications and anomalies kept per record (default
+                            10000; older ones are dropped, counters go on)
+  --control-token TOKEN     require `Authorization: Bearer TOKEN` on the control API
+  --allow-host NAME         accept this Host name on the control API (besides loopback
+                            names and IP addresses); repeat for several
   --quiet                   do not print frames
   -h, --help                print this help
 
@@ -84,7 +108,14 @@ Connectors use targetServer=http://ADDR. Control API (same port):
   GET  /control/sources/NAME/notifications?after=K&waitMs=N
   POST /control/sources/NAME/reconnect          optional body: the new configuration
   POST /control/sources/NAME/drop
+  POST /control/sources/NAME/close?code=N&reason=TEXT
+  POST /control/sources/NAME/frame[?binary=true]   body: the frame, as is
   POST /control/sources/NAME/refuse?count=N
+  POST /control/restart                         closes every connection with 1001
+Vantiq REST routes (Authorization: Bearer TOKEN):
+  POST /api/v1/resources/sources/NAME           body: the object to publish
+  POST /api/v1/resources/sources/NAME/query     body: the WITH parameters; answers the rows
+SIGTERM or SIGINT closes every connection with 1001, then exits.
 ";
 
 /// The parsed command line.
@@ -102,6 +133,9 @@ struct Args {
     no_bookkeeping: bool,
     query_timeout: Duration,
     max_message_size: usize,
+    record_limit: usize,
+    control_token: Option<String>,
+    allow_hosts: Vec<String>,
     quiet: bool,
 }
 
@@ -125,6 +159,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Parsed, String> {
         no_bookkeeping: false,
         query_timeout: Duration::from_secs(10),
         max_message_size: 64 << 20,
+        record_limit: 10_000,
+        control_token: None,
+        allow_hosts: Vec::new(),
         quiet: false,
     };
     while let Some(arg) = it.next() {
@@ -181,6 +218,16 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Parsed, String> {
                     .parse::<usize>()
                     .map_err(|_| format!("--max-message-size: `{v}` is not a number"))?;
             }
+            "--record-limit" => {
+                let v = value("a count")?;
+                args.record_limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("--record-limit: `{v}` is not a positive number"))?;
+            }
+            "--control-token" => args.control_token = Some(value("a token")?),
+            "--allow-host" => args.allow_hosts.push(value("a host name")?),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -237,6 +284,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    // Listen for signals before anything is served: a stop requested at any point after
+    // start-up gets the clean close.
+    let stop = stop_signal();
     let mut builder = TestServer::builder()
         .bind(args.listen)
         .control_api(true)
@@ -247,7 +297,15 @@ async fn run(args: Args) -> ExitCode {
         .status_before_configure(args.status_before_config)
         .bookkeeping(!args.no_bookkeeping)
         .query_timeout(args.query_timeout)
-        .max_message_size(Some(args.max_message_size));
+        .max_message_size(Some(args.max_message_size))
+        .record_limit(args.record_limit)
+        .rest_api(true);
+    if let Some(token) = &args.control_token {
+        builder = builder.control_token(token.clone());
+    }
+    for host in &args.allow_hosts {
+        builder = builder.allow_host(host.clone());
+    }
     if let Some(token) = &args.token {
         builder = builder.token(token.clone());
     }
@@ -281,8 +339,66 @@ async fn run(args: Args) -> ExitCode {
         println!("  source {name}: {config}");
     }
     println!("  control API: {}/control/sources", server.url());
-    std::future::pending::<()>().await;
+    println!(
+        "  REST: POST {}/api/v1/resources/sources/NAME[/query] with Authorization: Bearer",
+        server.url()
+    );
+    if !server.addr().ip().is_loopback() {
+        eprintln!(
+            "vantiq-devserver: warning: listening on {}, not a loopback address: anyone who can \
+             reach it can drive your connectors through the control API{}",
+            server.addr(),
+            if args.control_token.is_some() {
+                " (a control token is required)"
+            } else {
+                "; consider --control-token"
+            }
+        );
+    }
+    let signal = stop.await;
+    println!("vantiq-devserver: {signal}: closing every connection with 1001");
+    let clean = server.close_all(Duration::from_secs(3)).await;
+    if !clean {
+        eprintln!("vantiq-devserver: some connectors did not answer their close frames in time");
+    }
+    server.shutdown().await;
+    println!("vantiq-devserver: stopped");
     ExitCode::SUCCESS
+}
+
+/// Starts listening for SIGTERM and SIGINT (Ctrl-C) at once; the future ends when one comes,
+/// naming it.
+fn stop_signal() -> impl std::future::Future<Output = &'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        async move {
+            match signals {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                _ => {
+                    eprintln!("vantiq-devserver: cannot listen for signals; stop it by killing it");
+                    std::future::pending().await
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let ctrl_c = tokio::signal::ctrl_c();
+        async move {
+            match ctrl_c.await {
+                Ok(()) => "Ctrl-C",
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,24 @@ impl Client {
         }
     }
 
+    /// Opens a socket to a server at `addr`, authenticates and attaches to `source`.
+    pub async fn session_at(addr: SocketAddr, token: &str, source: &str, secret: &str) -> Client {
+        let url = format!("ws://{addr}/api/v1/wsock/websocket");
+        let mut c = Client::connect_to(addr, &url).await;
+        let auth = c.validate(token).await;
+        assert_eq!(auth.status.0, 200, "auth reply {auth:?}");
+        c.attach(source, Some(secret)).await;
+        c
+    }
+
+    /// The next message, which must be a close frame; returns its code and reason.
+    pub async fn recv_close(&mut self) -> (u16, String) {
+        match self.recv_message().await {
+            Message::Close(Some(f)) => (u16::from(f.code), f.reason.to_string()),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
     /// Waits for the socket to end; says whether a close frame came first.
     pub async fn expect_end(&mut self) -> End {
         loop {
@@ -281,6 +299,26 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>
     http_raw(addr, request.as_bytes()).await
 }
 
+/// `METHOD path` with extra headers and an optional body.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpResponse {
+    let body = body.unwrap_or("");
+    let mut request = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    http_raw(addr, request.as_bytes()).await
+}
+
 /// A server with the control API on and the given sources.
 pub async fn control_server(sources: &[(&str, Value)]) -> TestServer {
     let mut b = TestServer::builder().token("T").control_api(true);
@@ -353,6 +391,17 @@ impl DevServer {
             .expect("an http://IP:PORT url");
         guard.url = url;
         guard
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit (call it once its last output line was seen); its exit
+    /// code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        self.child.wait().expect("wait for vantiq-devserver").code()
     }
 
     /// Everything the process printed so far.

@@ -1,6 +1,15 @@
 //! A checked driver for [`Connection`]: applies operations (server frames, garbage, socket
 //! events, application commands, clock ticks) and asserts the connection's invariants after
-//! every step. Shared by the property tests and the `connection_ops` fuzz target.
+//! every step. Shared by the crate's property tests and the `connection_ops` fuzz target.
+//!
+//! ```
+//! use vantiq_proto::testing::harness::{Op, run};
+//!
+//! // Any sequence of operations; `run` panics when the connection breaks an invariant.
+//! run(7, 2, false, vec![Op::OpenOk, Op::AuthOk, Op::Configure, Op::Notify, Op::Tick(100)]);
+//! // Fuzzers decode arbitrary bytes into operations.
+//! run(1, 1, true, Op::decode_all(&[10, 0, 4, 6, 15, 0, 1]));
+//! ```
 //!
 //! Invariants: no frame before the socket is open; `validate` then `connectExtension` first on
 //! every socket; every query reply carries the address of an open query of the current session,
@@ -9,59 +18,93 @@
 //! frames still queued, too); with a socket that takes no frames, only socket actions come
 //! out; `poll_timeout()` after `handle_timeout(now)` is after `now`; after `Closed`, nothing.
 
+// A test utility: its assertions are its output, so it panics on purpose.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
     clippy::panic
 )]
-#![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use vantiq_proto::frame::{ClientFrame, ServerFrame, StatusFrame};
-use vantiq_proto::{
+use crate::frame::{ClientFrame, ServerFrame, StatusFrame};
+use crate::{
     Connection, ConnectionConfig, Credentials, Event, Json, NotifyError, QueryError, QueryId,
     Reply, Secret, SocketEnd, Status, TargetUrl, Transmit,
 };
 
+/// One step of a harness run.
 #[derive(Debug, Clone)]
 pub enum Op {
+    /// The server accepts the credentials (`{"status":200}`).
     AuthOk,
+    /// The server answers with this error status.
     AuthFail(i64),
+    /// The server refuses `connectExtension` (`{"status":400}`).
     Refuse,
+    /// An acknowledgement `{"status":200}`.
     Ack,
+    /// `configureExtension`.
     Configure,
+    /// `publish`.
     Publish,
+    /// `query` with a fresh reply address.
     Query,
+    /// `reconnectRequired`.
     ReconnectRequired,
+    /// A frame with an unknown op.
     Unknown,
+    /// These bytes as a frame.
     Garbage(Vec<u8>),
+    /// The socket asked for opens.
     OpenOk,
+    /// The socket asked for cannot be opened.
     OpenFail,
+    /// The open socket fails.
     Drop,
+    /// A pong arrives.
     Pong,
+    /// The application notifies.
     Notify,
+    /// The application replies to the query picked (modulo the queries seen) with the reply
+    /// kind picked (modulo 4: partial, complete, empty, error).
     Respond(usize, u8),
+    /// The application abandons the query picked after this many replies (modulo 3).
     Abandon(usize, u8),
+    /// The application closes the connection.
     Close,
+    /// This many milliseconds pass.
     Tick(u64),
+    /// The driver pauses (or resumes) reading.
     Pause(bool),
     /// The socket stops (or starts again) taking frames.
     Block(bool),
 }
 
+/// The socket as the harness sees it.
 #[derive(Debug, PartialEq)]
 pub enum Socket {
+    /// None.
     None,
+    /// Asked for, not open yet.
     Pending,
-    Open { frames: usize },
+    /// Open; `frames` were sent on it.
+    Open {
+        /// Frames sent on this socket.
+        frames: usize,
+    },
 }
 
+/// A [`Connection`] and the bookkeeping that checks it.
+#[derive(Debug)]
 pub struct Harness {
+    /// The connection under test.
     pub conn: Connection,
+    /// The virtual clock.
     pub now: Instant,
+    /// The socket.
     pub socket: Socket,
     /// Every query id ever delivered, with its reply address.
     pub queries: Vec<(QueryId, String)>,
@@ -71,11 +114,17 @@ pub struct Harness {
     pub open_addrs: Vec<String>,
     /// Reply addresses whose terminal reply was accepted and not sent yet.
     pub finishing: Vec<String>,
+    /// The number of the next reply address.
     pub next_addr: u64,
+    /// The number of the next notification.
     pub next_note: u64,
+    /// Notifications accepted by the connection, in order.
     pub accepted: Vec<u64>,
+    /// Notifications transmitted, in order.
     pub transmitted: Vec<u64>,
+    /// Whether `Closed` was seen.
     pub closed: bool,
+    /// The notifications `Closed` reported undelivered.
     pub undelivered: usize,
     /// Whether the socket takes frames.
     pub writable: bool,
@@ -83,11 +132,16 @@ pub struct Harness {
     pub last_ping: Option<[u8; 8]>,
 }
 
+/// Valid JSON text as [`Json`]; panics on anything else.
+#[must_use]
 pub fn json(s: &str) -> Json {
     Json::from_string(s.to_owned()).unwrap()
 }
 
 impl Harness {
+    /// A connection to source `S` with this seed, notification queue size and
+    /// `fail_on_connection_error`, its first transmits checked.
+    #[must_use]
     pub fn new(seed: u64, queue: usize, fail_fast: bool) -> Self {
         let url = TargetUrl::parse("ws://h").unwrap();
         let mut cfg = ConnectionConfig::new("S", url, Credentials::Token(Secret::new("t")), seed);
@@ -122,6 +176,8 @@ impl Harness {
         }
     }
 
+    /// Performs every transmit and takes every event, checking each; returns how many of
+    /// each there were.
     pub fn drain(&mut self) -> (usize, usize) {
         let mut transmits = 0;
         let mut events = 0;
@@ -220,6 +276,7 @@ impl Harness {
         (transmits, events)
     }
 
+    /// Applies one operation, then drains and checks.
     pub fn apply(&mut self, op: Op) {
         let status = |s: i64| {
             ServerFrame::Status(StatusFrame {
@@ -246,7 +303,7 @@ impl Harness {
                 if matches!(self.socket, Socket::Open { .. }) {
                     let addr = format!("a{}", self.next_addr);
                     self.next_addr += 1;
-                    let configured = self.conn.state() == vantiq_proto::ConnectionState::Configured;
+                    let configured = self.conn.state() == crate::ConnectionState::Configured;
                     let f = ServerFrame::Query {
                         resource_id: Some("S".into()),
                         reply_address: addr.clone(),
@@ -374,6 +431,7 @@ impl Harness {
 impl Op {
     /// Decodes a byte string into operations (for fuzzing): one selector byte per operation,
     /// some followed by argument bytes.
+    #[must_use]
     pub fn decode_all(data: &[u8]) -> Vec<Op> {
         let mut ops = Vec::new();
         let mut it = data.iter().copied();
