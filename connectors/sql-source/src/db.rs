@@ -20,6 +20,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt as _, StreamExt as _};
+use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
@@ -55,7 +56,9 @@ impl DbError {
             sqlx::Error::Database(db) => match target {
                 DbTarget::Postgres { .. } => DbError {
                     message: db.message().to_owned(),
-                    sql_state: db.code().map_or_else(|| "null".to_owned(), |c| c.into_owned()),
+                    sql_state: db
+                        .code()
+                        .map_or_else(|| "null".to_owned(), |c| c.into_owned()),
                     code: "0".to_owned(),
                 },
                 // SQLite has no SQL states; the JDBC driver reports the result code.
@@ -135,10 +138,14 @@ impl Pool {
     pub fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<u64, DbError>> {
         async move {
             let r = match self {
-                Pool::Sqlite(p, _) => sqlx::raw_sql(sql).execute(p).await.map(|r| r.rows_affected()),
-                Pool::Postgres(p, _) => {
-                    sqlx::raw_sql(sql).execute(p).await.map(|r| r.rows_affected())
-                }
+                Pool::Sqlite(p, _) => sqlx::raw_sql(sql)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected()),
+                Pool::Postgres(p, _) => sqlx::raw_sql(sql)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected()),
             };
             r.map_err(|e| self.err(e))
         }
@@ -153,7 +160,9 @@ impl Pool {
                 let mut tx = p.begin().await.map_err(|e| DbError::from_sqlx(e, t))?;
                 for s in statements {
                     let conn: &mut sqlx::SqliteConnection = &mut tx;
-                    run_on(conn, s).await.map_err(|e| DbError::from_sqlx(e, t))?;
+                    run_on(conn, s)
+                        .await
+                        .map_err(|e| DbError::from_sqlx(e, t))?;
                 }
                 tx.commit().await.map_err(|e| DbError::from_sqlx(e, t))
             }
@@ -162,7 +171,9 @@ impl Pool {
                 let mut tx = p.begin().await.map_err(|e| DbError::from_sqlx(e, t))?;
                 for s in statements {
                     let conn: &mut sqlx::PgConnection = &mut tx;
-                    run_on(conn, s).await.map_err(|e| DbError::from_sqlx(e, t))?;
+                    run_on(conn, s)
+                        .await
+                        .map_err(|e| DbError::from_sqlx(e, t))?;
                 }
                 tx.commit().await.map_err(|e| DbError::from_sqlx(e, t))
             }
@@ -177,7 +188,9 @@ impl Pool {
             Pool::Sqlite(p, t) => sqlx::raw_sql(sql)
                 .fetch(p)
                 .map(move |r| match r {
-                    Ok(row) => encoder.sqlite(&row).map_err(|e| DbError::new(e.to_string(), "null")),
+                    Ok(row) => encoder
+                        .sqlite(&row)
+                        .map_err(|e| DbError::new(e.to_string(), "null")),
                     Err(e) => Err(DbError::from_sqlx(e, t)),
                 })
                 .boxed(),
@@ -278,10 +291,7 @@ impl Database {
         let db = Database {
             target,
             pool_size: pool_size.max(1),
-            inner: Mutex::new(Inner {
-                pool: None,
-                file,
-            }),
+            inner: Mutex::new(Inner { pool: None, file }),
         };
         Ok(db)
     }
@@ -345,7 +355,10 @@ impl Database {
                 };
                 // A file was created by `open` if need be; one that vanished later is never
                 // silently re-created empty.
-                let options = options.clone().create_if_missing(file.is_none());
+                let options = options
+                    .clone()
+                    .create_if_missing(file.is_none())
+                    .disable_statement_logging();
                 Pool::Sqlite(opts.connect_lazy_with(options), self.target.clone())
             }
             DbTarget::Postgres { options, .. } => {
@@ -353,7 +366,12 @@ impl Database {
                     .max_connections(self.pool_size)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .test_before_acquire(true)
-                    .connect_lazy_with(options.clone().application_name("vantiq-sql-source"));
+                    .connect_lazy_with(
+                        options
+                            .clone()
+                            .application_name("vantiq-sql-source")
+                            .disable_statement_logging(),
+                    );
                 Pool::Postgres(pool, self.target.clone())
             }
         }

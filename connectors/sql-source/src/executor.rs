@@ -86,7 +86,12 @@ impl Lane {
     pub async fn admit(&self) -> Result<Ticket, Full> {
         match self.capacity {
             None => {
-                let permit = self.active.clone().acquire_owned().await.map_err(|_| Full)?;
+                let permit = self
+                    .active
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Full)?;
                 Ok(Ticket {
                     kind: TicketKind::Turn(permit),
                 })

@@ -126,7 +126,9 @@ impl SqlSource {
         let probe_name = name.to_owned();
         tokio::spawn(async move {
             match probe.ping().await {
-                Ok(()) => tracing::info!(source = %probe_name, database = %probe.target(), "database reachable"),
+                Ok(()) => {
+                    tracing::info!(source = %probe_name, database = %probe.target(), "database reachable")
+                }
                 Err(error) => tracing::error!(
                     source = %probe_name,
                     database = %probe.target(),
@@ -172,7 +174,11 @@ impl Handler for SqlSource {
     }
 
     async fn on_close(&self, source: &Source, reason: &DisconnectReason) -> HandlerResult {
-        tracing::debug!(source = source.name(), ?reason, "session ended: stopping the poll, closing the database");
+        tracing::debug!(
+            source = source.name(),
+            ?reason,
+            "session ended: stopping the poll, closing the database"
+        );
         self.shut_down(State::Idle);
         Ok(())
     }

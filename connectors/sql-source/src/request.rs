@@ -158,7 +158,10 @@ mod tests {
             code(json!({"query": ["INSERT 1", "select 2"]})),
             errors::INVALID_BATCH_ELEMENT
         );
-        assert_eq!(code(json!({"query": ["INSERT 1", 2]})), errors::INVALID_BATCH_ELEMENT);
+        assert_eq!(
+            code(json!({"query": ["INSERT 1", 2]})),
+            errors::INVALID_BATCH_ELEMENT
+        );
         assert_eq!(
             parse_query(&json!({"query": ["a", "b"]})).unwrap(),
             Request::Batch(vec!["a".into(), "b".into()])

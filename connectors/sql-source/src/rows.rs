@@ -93,7 +93,10 @@ pub struct Row {
 impl Row {
     /// The row as (column, value) pairs, NULLs included.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Cell)> {
-        self.columns.iter().map(String::as_str).zip(self.cells.iter())
+        self.columns
+            .iter()
+            .map(String::as_str)
+            .zip(self.cells.iter())
     }
 }
 
@@ -159,13 +162,13 @@ impl Encoder {
         let names = self.columns(cols.iter().map(|c| c.name()), cols.len());
         let mut cells = Vec::with_capacity(cols.len());
         for (i, col) in cols.iter().enumerate() {
-            cells.push(sqlite_cell(row, i, col.type_info().name()).map_err(|reason| {
-                DecodeError {
+            cells.push(
+                sqlite_cell(row, i, col.type_info().name()).map_err(|reason| DecodeError {
                     column: col.name().to_owned(),
                     sql_type: col.type_info().name().to_owned(),
                     reason,
-                }
-            })?);
+                })?,
+            );
         }
         Ok(Row {
             columns: names,
@@ -183,13 +186,11 @@ impl Encoder {
         let names = self.columns(cols.iter().map(|c| c.name()), cols.len());
         let mut cells = Vec::with_capacity(cols.len());
         for (i, col) in cols.iter().enumerate() {
-            cells.push(
-                pg_cell(row, i).map_err(|reason| DecodeError {
-                    column: col.name().to_owned(),
-                    sql_type: col.type_info().name().to_owned(),
-                    reason,
-                })?,
-            );
+            cells.push(pg_cell(row, i).map_err(|reason| DecodeError {
+                column: col.name().to_owned(),
+                sql_type: col.type_info().name().to_owned(),
+                reason,
+            })?);
         }
         Ok(Row {
             columns: names,
@@ -229,7 +230,9 @@ fn sqlite_cell(row: &SqliteRow, i: usize, declared: &str) -> Result<Cell, String
         }
         "BLOB" => {
             let b: &[u8] = row.try_get_unchecked(i).map_err(|e| e.to_string())?;
-            Ok(Cell::Text(base64::engine::general_purpose::STANDARD.encode(b)))
+            Ok(Cell::Text(
+                base64::engine::general_purpose::STANDARD.encode(b),
+            ))
         }
         _ => {
             let s: &str = row.try_get_unchecked(i).map_err(|e| e.to_string())?;
@@ -450,7 +453,10 @@ mod tests {
         assert_eq!(pg_text("INT8", "-9223372036854775808"), Cell::Int(i64::MIN));
         assert_eq!(pg_text("FLOAT8", "1.5"), Cell::Float(1.5));
         assert_eq!(pg_text("FLOAT8", "NaN"), Cell::Text("NaN".into()));
-        assert_eq!(pg_text("FLOAT4", "-Infinity"), Cell::Text("-Infinity".into()));
+        assert_eq!(
+            pg_text("FLOAT4", "-Infinity"),
+            Cell::Text("-Infinity".into())
+        );
         let n = pg_text("NUMERIC", "-12345678901234567890.123450");
         assert_eq!(
             serde_json::to_string(&n).unwrap(),
@@ -463,7 +469,10 @@ mod tests {
             r#"{"a": [1]}"#
         );
         assert_eq!(pg_text("UUID", "x-y"), Cell::Text("x-y".into()));
-        assert_eq!(pg_text("DATE", "2024-02-29"), Cell::Text("2024-02-29".into()));
+        assert_eq!(
+            pg_text("DATE", "2024-02-29"),
+            Cell::Text("2024-02-29".into())
+        );
         assert_eq!(pg_text("DATE", "infinity"), Cell::Text("infinity".into()));
     }
 

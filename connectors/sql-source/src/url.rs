@@ -267,10 +267,22 @@ mod tests {
     #[test]
     fn postgres_forms() {
         for (url, host, port, db, user) in [
-            ("jdbc:postgresql://db.example:6543/sales", "db.example", 6543, "sales", "cfg"),
+            (
+                "jdbc:postgresql://db.example:6543/sales",
+                "db.example",
+                6543,
+                "sales",
+                "cfg",
+            ),
             ("jdbc:postgresql:sales", "localhost", 5432, "sales", "cfg"),
             ("postgres://me:pw@h/sales", "h", 5432, "sales", "me"),
-            ("postgresql://h:1/sales?sslmode=disable", "h", 1, "sales", "cfg"),
+            (
+                "postgresql://h:1/sales?sslmode=disable",
+                "h",
+                1,
+                "sales",
+                "cfg",
+            ),
         ] {
             let target = DbTarget::parse(url, "cfg", "secret").unwrap();
             assert!(!format!("{target:?} {target}").contains("secret"));
