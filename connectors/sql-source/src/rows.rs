@@ -332,7 +332,7 @@ pub(crate) fn pg_text(type_name: &str, text: &str) -> Cell {
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     b.chunks_exact(2)
