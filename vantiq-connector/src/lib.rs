@@ -74,6 +74,7 @@ mod query;
 mod runtime;
 mod secrets;
 mod set;
+mod settings;
 mod source;
 #[cfg(feature = "test-util")]
 pub mod test_util;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use async_channel::{Receiver, Sender};
 use futures_util::FutureExt as _;
 use tracing::Instrument as _;
-use vantiq_health::{Health, HealthConfig, HealthError};
+use vantiq_health::{Health, HealthError};
 use vantiq_proto::{
     ConfigError, Connection, ConnectionConfig, DisconnectReason, FatalError, Json, Limits,
     SEARCH_PATHS, ServerConfig, TOKEN_ENV,
@@ -20,6 +20,7 @@ use crate::handler::{DynHandler, FnHandlers, Handler, HandlerResult};
 use crate::lane::Bounds;
 use crate::query::Query;
 use crate::runtime::Runtime;
+use crate::settings::{self, Settings};
 use crate::source::Source;
 use crate::transport::{TransportOptions, tls_config};
 
@@ -104,15 +105,24 @@ type Tweak = Box<dyn Fn(&mut ConnectionConfig) + Send + Sync>;
 pub struct ConnectorSet<R: Runtime> {
     runtime: R,
     config: ServerConfig,
+    /// A key of this layer that did not parse: `run` reports it.
+    config_error: Option<ConfigError>,
     sources: Vec<Source>,
-    handler: Option<Arc<dyn DynHandler>>,
-    closures: FnHandlers,
-    per_source: HashMap<String, Arc<dyn DynHandler>>,
+    handlers: Handlers,
     health: Health,
     shutdown_tx: Sender<()>,
     shutdown_rx: Receiver<()>,
     transport: TransportOptions,
     tweak: Option<Tweak>,
+}
+
+/// The handlers given to a set.
+#[derive(Default)]
+struct Handlers {
+    /// For every source without its own.
+    all: Option<Arc<dyn DynHandler>>,
+    closures: FnHandlers,
+    per_source: HashMap<String, Arc<dyn DynHandler>>,
 }
 
 impl<R: Runtime> fmt::Debug for ConnectorSet<R> {
@@ -182,7 +192,7 @@ impl<R: Runtime + Default> ConnectorSet<R> {
             path: ".".to_owned(),
             error,
         })?;
-        Ok(Self::new(load_config_from_dir(&dir)?))
+        Self::checked(load_config_from_dir(&dir)?)
     }
 
     /// Loads the given configuration file.
@@ -190,7 +200,16 @@ impl<R: Runtime + Default> ConnectorSet<R> {
     /// # Errors
     /// As [`load_config_file`].
     pub fn from_config_file(path: impl AsRef<Path>) -> Result<Self, ConnectorError> {
-        Ok(Self::new(load_config_file(path.as_ref())?))
+        Self::checked(load_config_file(path.as_ref())?)
+    }
+
+    /// A set for `config`, refusing a key of this layer that does not parse.
+    fn checked(config: ServerConfig) -> Result<Self, ConnectorError> {
+        let mut set = Self::new(config);
+        match set.config_error.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(set),
+        }
     }
 
     /// A set for an already built configuration.
@@ -204,15 +223,13 @@ impl<R: Runtime> ConnectorSet<R> {
     /// A set on an explicit runtime value.
     #[must_use]
     pub fn with_runtime(runtime: R, config: ServerConfig) -> Self {
-        for w in config.warnings() {
+        let (settings, config_error) = match settings::read(&config) {
+            Ok(s) => (s, None),
+            Err(e) => (Settings::default(), Some(e)),
+        };
+        for w in config.warnings().iter().chain(&settings.warnings) {
             tracing::warn!(origin = config.origin(), "{w}");
         }
-        let opts = config.connect_options();
-        let mut transport = TransportOptions::default();
-        if let Some(max) = opts.max_message_size {
-            transport.max_message_size = max;
-        }
-        transport.disable_tls_verification = opts.disable_ssl_verification;
         let defaults = Limits::default();
         let queue = Bounds {
             count: defaults.application_queue,
@@ -221,24 +238,17 @@ impl<R: Runtime> ConnectorSet<R> {
         let sources = config
             .sources()
             .iter()
-            .map(|name| Source::new(name.clone(), config.query_chunk_bytes(), queue))
+            .map(|name| Source::new(name.clone(), settings.query_chunk_bytes, queue))
             .collect();
-        let defaults = HealthConfig::default();
-        let health = Health::new(HealthConfig {
-            tcp_port: config.tcp_probe_port(),
-            http_port: config.health_probe_port(),
-            bind: config.health_probe_bind().unwrap_or(defaults.bind),
-            auto: config.auto_health(),
-            ..defaults
-        });
+        let health = Health::new(settings.health);
+        let transport = settings.transport;
         let (shutdown_tx, shutdown_rx) = async_channel::bounded(1);
         ConnectorSet {
             runtime,
             config,
+            config_error,
             sources,
-            handler: None,
-            closures: FnHandlers::default(),
-            per_source: HashMap::new(),
+            handlers: Handlers::default(),
             health,
             shutdown_tx,
             shutdown_rx,
@@ -299,14 +309,14 @@ impl<R: Runtime> ConnectorSet<R> {
     /// Uses `handler` for every source without a handler of its own.
     #[must_use]
     pub fn handler(mut self, handler: impl Handler) -> Self {
-        self.handler = Some(Arc::new(handler));
+        self.handlers.all = Some(Arc::new(handler));
         self
     }
 
     /// Uses `handler` for the source `name` (checked when the set runs).
     #[must_use]
     pub fn source_handler(mut self, name: impl Into<String>, handler: impl Handler) -> Self {
-        self.per_source.insert(name.into(), Arc::new(handler));
+        self.handlers.per_source.insert(name.into(), Arc::new(handler));
         self
     }
 
@@ -317,7 +327,7 @@ impl<R: Runtime> ConnectorSet<R> {
         F: Fn(Source, Json) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.closures.set_connect(f);
+        self.handlers.closures.set_connect(f);
         self
     }
 
@@ -328,7 +338,7 @@ impl<R: Runtime> ConnectorSet<R> {
         F: Fn(Source, Json) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.closures.set_publish(f);
+        self.handlers.closures.set_publish(f);
         self
     }
 
@@ -339,7 +349,7 @@ impl<R: Runtime> ConnectorSet<R> {
         F: Fn(Source, Query) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.closures.set_query(f);
+        self.handlers.closures.set_query(f);
         self
     }
 
@@ -350,7 +360,7 @@ impl<R: Runtime> ConnectorSet<R> {
         F: Fn(Source, DisconnectReason) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.closures.set_close(f);
+        self.handlers.closures.set_close(f);
         self
     }
 
@@ -367,15 +377,20 @@ impl<R: Runtime> ConnectorSet<R> {
     /// an unknown source, a `Handler` combined with `on_*` closures, a TLS or health probe
     /// setup failure.
     pub async fn run(mut self) -> Result<(), ConnectorError> {
-        for name in self.per_source.keys() {
+        if let Some(e) = self.config_error.take() {
+            return Err(e.into());
+        }
+        for name in self.handlers.per_source.keys() {
             if !self.config.sources().iter().any(|s| s == name) {
                 return Err(ConnectorError::UnknownSource(name.clone()));
             }
         }
-        let default: Arc<dyn DynHandler> = match self.handler.take() {
-            Some(_) if !self.closures.is_empty() => return Err(ConnectorError::HandlerConflict),
+        let default: Arc<dyn DynHandler> = match self.handlers.all.take() {
+            Some(_) if !self.handlers.closures.is_empty() => {
+                return Err(ConnectorError::HandlerConflict);
+            }
             Some(h) => h,
-            None => Arc::new(std::mem::take(&mut self.closures)),
+            None => Arc::new(std::mem::take(&mut self.handlers.closures)),
         };
         let tls = tls_config(&self.transport).map_err(|e| ConnectorError::Tls(e.to_string()))?;
         if self.transport.disable_tls_verification {
@@ -410,6 +425,7 @@ impl<R: Runtime> ConnectorSet<R> {
                 bytes: cfg.limits.pending_event_bytes,
             };
             let handler = self
+                .handlers
                 .per_source
                 .get(source.name())
                 .cloned()
@@ -473,5 +489,47 @@ impl Drop for ProbesGuard {
     fn drop(&mut self) {
         self.0.set_alive(false);
         self.0.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use crate::test_util::SimRuntime;
+
+    fn config(extra: &str) -> ServerConfig {
+        ServerConfig::parse(
+            &format!("targetServer=https://v\nauthToken=t\nsources=s\n{extra}"),
+            "test/server.config",
+            |_| None,
+        )
+        .unwrap()
+    }
+
+    struct Nothing;
+    impl Handler for Nothing {}
+
+    #[test]
+    fn a_handler_with_closures_is_refused() {
+        let sim = SimRuntime::new();
+        let set = ConnectorSet::with_runtime(sim.clone(), config(""))
+            .handler(Nothing)
+            .on_publish(|_s, _m| async { Ok(()) });
+        let err = sim.block_on(set.run()).unwrap_err();
+        assert!(matches!(err, ConnectorError::HandlerConflict), "{err:?}");
+        assert!(err.to_string().contains("use one or the other"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_key_of_this_layer_is_reported_by_run() {
+        let sim = SimRuntime::new();
+        let set = ConnectorSet::with_runtime(sim.clone(), config("tcpProbePort=x"));
+        let err = sim.block_on(set.run()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "test/server.config: key `tcpProbePort`: expected a port number from 0 to 65535, found `x` (line 4)"
+        );
     }
 }

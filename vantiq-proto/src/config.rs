@@ -26,9 +26,6 @@ pub const SEARCH_PATHS: [&str; 2] = ["serverConfig/server.config", "server.confi
 /// The environment variable that supplies the token when `authToken` is absent.
 pub const TOKEN_ENV: &str = "CONNECTOR_AUTH_TOKEN";
 
-/// Default port of the TCP health probe.
-pub const DEFAULT_TCP_PROBE_PORT: u16 = 8000;
-
 /// Keys of `server.config` this SDK reads.
 pub mod keys {
     /// The Vantiq server (URL, normalised per design row 3).
@@ -43,7 +40,8 @@ pub mod keys {
     pub const SOURCES: &str = "sources";
     /// `true`/`false`: WebSocket keep-alive pings (default `true`).
     pub const SEND_PINGS: &str = "sendPings";
-    /// TCP health probe port (default 8000; `0` picks a free port).
+    /// TCP health probe port (default 8000; `0` picks a free port). Read by the SDK layer,
+    /// like the three keys below and `queryChunkBytes`: the core does not read them.
     pub const TCP_PROBE_PORT: &str = "tcpProbePort";
     /// HTTP health probe port (`/healthz`, `/readyz`); off when absent.
     pub const HEALTH_PROBE_PORT: &str = "healthProbePort";
@@ -55,7 +53,9 @@ pub mod keys {
     pub const FAIL_ON_CONNECTION_ERROR: &str = "failOnConnectionError";
     /// Fixed suffix of each source's reconnect secret (stable across restarts).
     pub const RECONNECT_SECRET: &str = "reconnectSecret";
-    /// JSON object of connection options (Python SDK compatible).
+    /// JSON object of connection options (Python SDK compatible): the core reads the time
+    /// limits and pings ([`ConnectOptions`](super::ConnectOptions)), the SDK layer the
+    /// transport's (`max_size`, `disableSslVerification`).
     pub const CONNECT_KW_ARGS: &str = "connectKWArgs";
     /// Notifications held per source while disconnected (default 10000).
     pub const NOTIFICATION_QUEUE_SIZE: &str = "notificationQueueSize";
@@ -144,14 +144,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Options from `connectKWArgs` that have a meaning here.
+/// The options of `connectKWArgs` that concern the connection (time limits and pings). The
+/// others (such as the transport's `max_size` and `disableSslVerification`) are read by the
+/// layer they concern, from [`ServerConfig::connect_kw_args`].
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ConnectOptions {
-    /// `disableSslVerification`: accept any server certificate. Development only.
-    pub disable_ssl_verification: bool,
-    /// `max_size`: incoming message limit in bytes; `Some(None)` means unlimited.
-    pub max_message_size: Option<Option<usize>>,
     /// `open_timeout` (seconds): time allowed from opening the socket to being configured.
     pub open_timeout: Option<Duration>,
     /// `ping_interval` (seconds); `Some(None)` (JSON null) turns pings off.
@@ -160,6 +158,12 @@ pub struct ConnectOptions {
     pub ping_timeout: Option<Duration>,
     /// `close_timeout` (seconds): how long a graceful close may take.
     pub close_timeout: Option<Duration>,
+}
+
+impl ConnectOptions {
+    /// The `connectKWArgs` options read here.
+    pub const KEYS: [&'static str; 4] =
+        ["open_timeout", "ping_interval", "ping_timeout", "close_timeout"];
 }
 
 /// The parsed `server.config`.
@@ -171,15 +175,11 @@ pub struct ServerConfig {
     credentials: Credentials,
     sources: Vec<String>,
     send_pings: bool,
-    tcp_probe_port: u16,
-    health_probe_port: Option<u16>,
-    health_probe_bind: Option<std::net::IpAddr>,
-    auto_health: bool,
     fail_on_connection_error: bool,
     reconnect_secret: Option<String>,
     connect: ConnectOptions,
+    connect_kw_args: serde_json::Map<String, serde_json::Value>,
     notification_queue_size: usize,
-    query_chunk_bytes: usize,
     reconnect_initial_delay: Duration,
     reconnect_max_delay: Duration,
     properties: Properties,
@@ -194,9 +194,6 @@ impl fmt::Debug for ServerConfig {
             .field("credentials", &self.credentials)
             .field("sources", &self.sources)
             .field("send_pings", &self.send_pings)
-            .field("tcp_probe_port", &self.tcp_probe_port)
-            .field("health_probe_port", &self.health_probe_port)
-            .field("auto_health", &self.auto_health)
             .field("fail_on_connection_error", &self.fail_on_connection_error)
             .field(
                 "reconnect_secret",
@@ -254,18 +251,6 @@ impl Reader<'_> {
         }
     }
 
-    fn port(&self, key: &str) -> Result<Option<u16>, ConfigError> {
-        match self.non_blank(key) {
-            None => Ok(None),
-            Some(v) => v.parse::<u16>().map(Some).map_err(|_| {
-                self.err(
-                    key,
-                    format!("expected a port number from 0 to 65535, found `{v}`"),
-                )
-            }),
-        }
-    }
-
     fn count(&self, key: &str, default: usize, min: usize) -> Result<usize, ConfigError> {
         match self.non_blank(key) {
             None => Ok(default),
@@ -296,11 +281,6 @@ fn plain_text_warning(target_server: &str) -> String {
         keys::TARGET_SERVER
     )
 }
-
-/// The warning for `connectKWArgs` `{"max_size": null}`.
-const UNLIMITED_SIZE_WARNING: &str = "connectKWArgs: `max_size` is null: incoming messages \
-     have no size limit, so the server (or anything between it and the connector) can make the \
-     connector hold a message of any size in memory; give a number of bytes instead";
 
 /// `true/false`, `yes/no`, `on/off`, `1/0`, case-insensitive.
 fn parse_bool(raw: &str) -> Option<bool> {
@@ -357,11 +337,13 @@ fn parse_sources(r: &Reader<'_>) -> Result<Vec<String>, ConfigError> {
     Ok(names)
 }
 
-fn parse_connect_kw_args(r: &mut Reader<'_>) -> Result<ConnectOptions, ConfigError> {
+fn parse_connect_kw_args(
+    r: &Reader<'_>,
+) -> Result<(ConnectOptions, serde_json::Map<String, serde_json::Value>), ConfigError> {
     let key = keys::CONNECT_KW_ARGS;
     let mut opts = ConnectOptions::default();
     let Some(raw) = r.non_blank(key).map(str::to_owned) else {
-        return Ok(opts);
+        return Ok((opts, serde_json::Map::new()));
     };
     let value: serde_json::Value =
         serde_json::from_str(&raw).map_err(|e| r.err(key, format!("is not valid JSON: {e}")))?;
@@ -377,32 +359,6 @@ fn parse_connect_kw_args(r: &mut Reader<'_>) -> Result<ConnectOptions, ConfigErr
         };
     for (name, v) in &map {
         match name.as_str() {
-            "disableSslVerification" => {
-                opts.disable_ssl_verification = match v {
-                    serde_json::Value::Bool(b) => *b,
-                    serde_json::Value::String(s) => parse_bool(s).ok_or_else(|| {
-                        r.err(key, "`disableSslVerification` must be true or false")
-                    })?,
-                    _ => return Err(r.err(key, "`disableSslVerification` must be true or false")),
-                };
-            }
-            "max_size" => {
-                opts.max_message_size = Some(match v {
-                    serde_json::Value::Null => {
-                        r.warnings.push(UNLIMITED_SIZE_WARNING.to_owned());
-                        None
-                    }
-                    other => Some(
-                        other
-                            .as_u64()
-                            .and_then(|n| usize::try_from(n).ok())
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| {
-                                r.err(key, "`max_size` must be a positive number of bytes or null")
-                            })?,
-                    ),
-                });
-            }
             "open_timeout" => opts.open_timeout = Some(secs(r, name, v)?),
             "ping_interval" => {
                 opts.ping_interval = Some(match v {
@@ -412,12 +368,10 @@ fn parse_connect_kw_args(r: &mut Reader<'_>) -> Result<ConnectOptions, ConfigErr
             }
             "ping_timeout" => opts.ping_timeout = Some(secs(r, name, v)?),
             "close_timeout" => opts.close_timeout = Some(secs(r, name, v)?),
-            other => r.warnings.push(format!(
-                "{key}: option `{other}` has no meaning for this SDK and is ignored"
-            )),
+            _ => {}
         }
     }
-    Ok(opts)
+    Ok((opts, map))
 }
 
 impl ServerConfig {
@@ -495,25 +449,10 @@ impl ServerConfig {
         };
         let sources = parse_sources(&r)?;
         let send_pings = r.boolean(keys::SEND_PINGS, true)?;
-        let tcp_probe_port = r
-            .port(keys::TCP_PROBE_PORT)?
-            .unwrap_or(DEFAULT_TCP_PROBE_PORT);
-        let health_probe_port = r.port(keys::HEALTH_PROBE_PORT)?;
-        let health_probe_bind = match r.non_blank(keys::HEALTH_PROBE_BIND) {
-            None => None,
-            Some(v) => Some(v.parse::<std::net::IpAddr>().map_err(|_| {
-                r.err(
-                    keys::HEALTH_PROBE_BIND,
-                    format!("expected an IP address such as 0.0.0.0 or ::, found `{v}`"),
-                )
-            })?),
-        };
-        let auto_health = r.boolean(keys::AUTO_HEALTH, false)?;
         let fail_on_connection_error = r.boolean(keys::FAIL_ON_CONNECTION_ERROR, false)?;
         let reconnect_secret = r.non_blank(keys::RECONNECT_SECRET).map(str::to_owned);
-        let connect = parse_connect_kw_args(&mut r)?;
+        let (connect, connect_kw_args) = parse_connect_kw_args(&r)?;
         let notification_queue_size = r.count(keys::NOTIFICATION_QUEUE_SIZE, 10_000, 1)?;
-        let query_chunk_bytes = r.count(keys::QUERY_CHUNK_BYTES, 256 * 1024, 256)?;
         let reconnect_initial_delay =
             r.seconds(keys::RECONNECT_INITIAL_DELAY, Duration::from_millis(500))?;
         let reconnect_max_delay = r.seconds(keys::RECONNECT_MAX_DELAY, Duration::from_secs(30))?;
@@ -534,15 +473,11 @@ impl ServerConfig {
             credentials,
             sources,
             send_pings,
-            tcp_probe_port,
-            health_probe_port,
-            health_probe_bind,
-            auto_health,
             fail_on_connection_error,
             reconnect_secret,
             connect,
+            connect_kw_args,
             notification_queue_size,
-            query_chunk_bytes,
             reconnect_initial_delay,
             reconnect_max_delay,
             properties: props,
@@ -586,30 +521,6 @@ impl ServerConfig {
         self.send_pings
     }
 
-    /// The TCP probe port (`tcpProbePort`, default 8000).
-    #[must_use]
-    pub fn tcp_probe_port(&self) -> u16 {
-        self.tcp_probe_port
-    }
-
-    /// The HTTP probe port (`healthProbePort`), if configured.
-    #[must_use]
-    pub fn health_probe_port(&self) -> Option<u16> {
-        self.health_probe_port
-    }
-
-    /// The address the health probes listen on (`healthProbeBind`), if configured.
-    #[must_use]
-    pub fn health_probe_bind(&self) -> Option<std::net::IpAddr> {
-        self.health_probe_bind
-    }
-
-    /// Whether health follows the sources automatically (`autoHealth`).
-    #[must_use]
-    pub fn auto_health(&self) -> bool {
-        self.auto_health
-    }
-
     /// Whether the first connection failure is fatal (`failOnConnectionError`).
     #[must_use]
     pub fn fail_on_connection_error(&self) -> bool {
@@ -622,22 +533,23 @@ impl ServerConfig {
         self.reconnect_secret.as_deref()
     }
 
-    /// Options from `connectKWArgs`.
+    /// The connection's options from `connectKWArgs`.
     #[must_use]
     pub fn connect_options(&self) -> &ConnectOptions {
         &self.connect
+    }
+
+    /// Every option of `connectKWArgs`, as JSON, for the layers that read the others (the
+    /// transport's `max_size`, `disableSslVerification`).
+    #[must_use]
+    pub fn connect_kw_args(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.connect_kw_args
     }
 
     /// Notifications held per source while disconnected (`notificationQueueSize`).
     #[must_use]
     pub fn notification_queue_size(&self) -> usize {
         self.notification_queue_size
-    }
-
-    /// Byte budget of one streamed query reply frame (`queryChunkBytes`).
-    #[must_use]
-    pub fn query_chunk_bytes(&self) -> usize {
-        self.query_chunk_bytes
     }
 
     /// First reconnect delay ceiling (`reconnectInitialDelay`).
@@ -665,12 +577,69 @@ impl ServerConfig {
         self.properties.get(key)
     }
 
-    /// Things worth a warning in the log: ignored `connectKWArgs` options, empty values, a
-    /// `targetServer` that sends the credentials in plain text (`http://` or `ws://` to a host
-    /// other than this machine), `max_size` null (no incoming size limit), and whatever the
-    /// code that read the file added with [`ServerConfig::add_warning`] (such as a file
-    /// holding the token that others can read). A connector set logs each once when it is
-    /// built.
+    /// A key parsed with [`FromStr`](std::str::FromStr), for the keys other layers (and
+    /// connectors) read: `None` when absent or blank; an error naming the file, the key, its
+    /// line and `expected` when it does not parse.
+    ///
+    /// ```
+    /// # use vantiq_proto::ServerConfig;
+    /// let cfg = ServerConfig::parse(
+    ///     "targetServer=https://v\nauthToken=t\nsources=s\nport=80x\n",
+    ///     "server.config",
+    ///     |_| None,
+    /// )
+    /// .unwrap();
+    /// let e = cfg.parsed::<u16>("port", "a port number").unwrap_err();
+    /// assert_eq!(e.to_string(), "server.config: key `port`: expected a port number, found `80x` (line 4)");
+    /// assert_eq!(cfg.parsed::<u16>("absent", "a port number").unwrap(), None);
+    /// ```
+    ///
+    /// # Errors
+    /// The value does not parse.
+    pub fn parsed<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        expected: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        let r = self.reader();
+        match r.non_blank(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<T>()
+                .map(Some)
+                .map_err(|_| r.err(key, format!("expected {expected}, found `{v}`"))),
+        }
+    }
+
+    /// A boolean key (`true/false`, `yes/no`, `on/off`, `1/0`), `default` when absent.
+    ///
+    /// # Errors
+    /// Anything else, named with the file, the key and its line.
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        self.reader().boolean(key, default)
+    }
+
+    /// An error about `key`, naming the file and the key's line, for the layers that validate
+    /// their own keys.
+    #[must_use]
+    pub fn key_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.reader().err(key, message)
+    }
+
+    fn reader(&self) -> Reader<'_> {
+        Reader {
+            origin: &self.origin,
+            props: &self.properties,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Things worth a warning in the log: empty values, a `targetServer` that sends the
+    /// credentials in plain text (`http://` or `ws://` to a host other than this machine), and
+    /// whatever the code that read the file added with [`ServerConfig::add_warning`] (such as
+    /// a file holding the token that others can read). The layers that read other keys (the
+    /// SDK's transport and health settings) warn about theirs. A connector set logs each once
+    /// when it is built.
     #[must_use]
     pub fn warnings(&self) -> &[String] {
         &self.warnings
@@ -739,14 +708,10 @@ mod tests {
         assert_eq!(c.credentials(), &Credentials::Token(Secret::new("tok")));
         assert_eq!(c.sources(), ["s1"]);
         assert!(c.send_pings());
-        assert_eq!(c.tcp_probe_port(), 8000);
-        assert_eq!(c.health_probe_port(), None);
-        assert!(!c.auto_health());
         assert!(!c.fail_on_connection_error());
         assert_eq!(c.reconnect_secret(), None);
         assert_eq!(c.connect_options(), &ConnectOptions::default());
         assert_eq!(c.notification_queue_size(), 10_000);
-        assert_eq!(c.query_chunk_bytes(), 262_144);
         assert_eq!(c.reconnect_initial_delay(), Duration::from_millis(500));
         assert_eq!(c.reconnect_max_delay(), Duration::from_secs(30));
         assert!(c.warnings().is_empty());
@@ -765,30 +730,28 @@ mod tests {
         ))
         .unwrap();
         assert!(!c.send_pings());
-        assert_eq!(c.tcp_probe_port(), 0);
-        assert_eq!(c.health_probe_port(), Some(8081));
-        assert_eq!(c.health_probe_bind(), Some("::1".parse().unwrap()));
-        assert!(c.auto_health());
         assert!(c.fail_on_connection_error());
         assert_eq!(c.reconnect_secret(), Some("abc"));
         assert_eq!(c.notification_queue_size(), 5);
-        assert_eq!(c.query_chunk_bytes(), 1024);
         assert_eq!(c.reconnect_initial_delay(), Duration::from_millis(250));
         assert_eq!(c.reconnect_max_delay(), Duration::from_secs(4));
         assert_eq!(c.get("myOwnKey"), Some("mine"));
         let o = c.connect_options();
-        assert!(o.disable_ssl_verification);
-        assert_eq!(o.max_message_size, Some(None));
         assert_eq!(o.open_timeout, Some(Duration::from_secs(3)));
         assert_eq!(o.ping_interval, Some(Some(Duration::from_secs(5))));
         assert_eq!(o.ping_timeout, Some(Duration::from_millis(2500)));
         assert_eq!(o.close_timeout, Some(Duration::from_secs(1)));
+        // The other options are left to the layers that read them.
+        assert_eq!(c.connect_kw_args().len(), 7);
+        assert_eq!(c.connect_kw_args()["max_queue"], 16);
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // Keys of other layers are read through the typed accessors.
+        assert_eq!(c.parsed::<u16>("healthProbePort", "a port").unwrap(), Some(8081));
+        assert!(c.flag("autoHealth", false).unwrap());
         assert_eq!(
-            c.warnings(),
-            [
-                "connectKWArgs: option `max_queue` has no meaning for this SDK and is ignored",
-                UNLIMITED_SIZE_WARNING,
-            ]
+            c.parsed::<std::net::IpAddr>("healthProbeBind", "an IP address")
+                .unwrap(),
+            Some("::1".parse().unwrap())
         );
     }
 
@@ -840,17 +803,6 @@ mod tests {
             let c = cfg(&format!("targetServer={target}\nauthToken=t\nsources=a")).unwrap();
             assert!(c.warnings().is_empty(), "{target}: {:?}", c.warnings());
         }
-    }
-
-    #[test]
-    fn unlimited_message_size_warns() {
-        let c = cfg(&format!("{BASE}connectKWArgs={{\"max_size\": null}}")).unwrap();
-        assert_eq!(c.connect_options().max_message_size, Some(None));
-        assert_eq!(c.warnings(), [UNLIMITED_SIZE_WARNING]);
-        assert!(UNLIMITED_SIZE_WARNING.contains("no size limit"));
-        let c = cfg(&format!("{BASE}connectKWArgs={{\"max_size\": 1048576}}")).unwrap();
-        assert_eq!(c.connect_options().max_message_size, Some(Some(1 << 20)));
-        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
 
     #[test]
@@ -930,20 +882,12 @@ mod tests {
                 "test/server.config: key `sendPings`: expected true or false, found `maybe` (line 4)",
             ),
             (
-                "targetServer=h\nauthToken=t\nsources=a\ntcpProbePort=70000",
-                "test/server.config: key `tcpProbePort`: expected a port number from 0 to 65535, found `70000` (line 4)",
-            ),
-            (
                 "targetServer=h\nauthToken=t\nsources=a\nconnectKWArgs={bad",
                 "test/server.config: key `connectKWArgs`: is not valid JSON: key must be a string at line 1 column 2 (line 4)",
             ),
             (
                 "targetServer=h\nauthToken=t\nsources=a\nconnectKWArgs=[1]",
                 "test/server.config: key `connectKWArgs`: must be a JSON object (line 4)",
-            ),
-            (
-                "targetServer=h\nauthToken=t\nsources=a\nconnectKWArgs={\"max_size\": -1}",
-                "test/server.config: key `connectKWArgs`: `max_size` must be a positive number of bytes or null (line 4)",
             ),
             (
                 "targetServer=h\nauthToken=t\nsources=a\nnotificationQueueSize=0",

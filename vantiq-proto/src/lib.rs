@@ -139,7 +139,7 @@ mod url;
 
 pub use backoff::{Backoff, Rng};
 pub use config::{
-    ConfigError, ConnectOptions, Credentials, DEFAULT_TCP_PROBE_PORT, SEARCH_PATHS, Secret,
+    ConfigError, ConnectOptions, Credentials, SEARCH_PATHS, Secret,
     ServerConfig, TOKEN_ENV, keys,
 };
 pub use connection::{
