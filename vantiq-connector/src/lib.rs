@@ -92,7 +92,7 @@ pub use transport::TransportOptions;
 
 /// Certificate types for [`TransportOptions::extra_root_certificates`].
 pub use rustls_pki_types::{CertificateDer, pem::PemObject};
-pub use vantiq_health::{Health, HealthConfig, HealthError, Readiness, SourceState};
+pub use vantiq_health::{Health, HealthConfig, HealthError, HealthReport, Readiness};
 /// The sans-IO protocol core, for advanced use (custom transports, tests).
 pub use vantiq_proto as proto;
 pub use vantiq_proto::{

@@ -316,7 +316,9 @@ impl<R: Runtime> ConnectorSet<R> {
     /// Uses `handler` for the source `name` (checked when the set runs).
     #[must_use]
     pub fn source_handler(mut self, name: impl Into<String>, handler: impl Handler) -> Self {
-        self.handlers.per_source.insert(name.into(), Arc::new(handler));
+        self.handlers
+            .per_source
+            .insert(name.into(), Arc::new(handler));
         self
     }
 

@@ -54,7 +54,8 @@ pub(crate) fn read(config: &ServerConfig) -> Result<Settings, ConfigError> {
         tcp_port: config
             .parsed::<u16>(keys::TCP_PROBE_PORT, "a port number from 0 to 65535")?
             .unwrap_or(DEFAULT_TCP_PROBE_PORT),
-        http_port: config.parsed::<u16>(keys::HEALTH_PROBE_PORT, "a port number from 0 to 65535")?,
+        http_port: config
+            .parsed::<u16>(keys::HEALTH_PROBE_PORT, "a port number from 0 to 65535")?,
         bind: config
             .parsed::<IpAddr>(
                 keys::HEALTH_PROBE_BIND,

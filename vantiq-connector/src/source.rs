@@ -196,7 +196,7 @@ impl Source {
 
     /// Waits until the source's connection has ended for good.
     pub async fn wait_closed(&self) {
-        let _ = self.wait_for(|s| s == ConnectionState::Closed).await;
+        let _ = self.wait_for(ConnectionState::is_ended).await;
     }
 
     /// Waits until the state is not `state` any more, returning the new state.
@@ -218,7 +218,7 @@ impl Source {
             if pred(state) {
                 return Ok(());
             }
-            if state == ConnectionState::Closed {
+            if state.is_ended() {
                 return Err(Stopped(self.0.name.clone()));
             }
             listener.await;

@@ -43,7 +43,7 @@ pub struct HealthConfig {
     /// Automatic mode: readiness follows the sources. After each
     /// [`Health::set_source_state`](crate::Health::set_source_state) (and
     /// [`Health::register_source`](crate::Health::register_source)) the connector is declared
-    /// healthy when every registered source is [configured](crate::SourceState::Configured)
+    /// healthy when every registered source is [configured](crate::ConnectionState::Configured)
     /// and unhealthy when one no longer is.
     pub auto: bool,
     /// Time an HTTP client gets to send its request head (and, separately, to accept the

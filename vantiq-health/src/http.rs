@@ -303,7 +303,7 @@ fn reason(code: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SourceState;
+    use crate::ConnectionState;
 
     fn complete(method: &str, path: &str) -> Parsed {
         Parsed::Complete {
@@ -366,7 +366,7 @@ mod tests {
             let mut d = lock(&shared.data);
             d.healthy = Some(true);
             d.alive = false;
-            d.sources.insert("s".into(), SourceState::Configured);
+            d.sources.insert("s".into(), ConnectionState::Configured);
         }
         let r = route("GET", "/readyz?verbose", &shared);
         assert_eq!(

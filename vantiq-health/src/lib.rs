@@ -31,7 +31,7 @@
 //! ```
 //! use std::io::{Read, Write};
 //! use std::net::{Ipv4Addr, TcpStream};
-//! use vantiq_health::{Health, HealthConfig, SourceState};
+//! use vantiq_health::{Health, HealthConfig, ConnectionState};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let health = Health::new(HealthConfig {
@@ -46,7 +46,7 @@
 //! assert_eq!(health.is_healthy(), None); // never declared
 //!
 //! // The runtime reports that the source is configured: the connector becomes healthy.
-//! health.set_source_state("pumps", SourceState::Configured);
+//! health.set_source_state("pumps", ConnectionState::Configured);
 //! assert_eq!(health.is_healthy(), Some(true));
 //! let tcp_port = health.tcp_probe_port().expect("the TCP probe is open");
 //! TcpStream::connect((Ipv4Addr::LOCALHOST, tcp_port))?;
@@ -59,7 +59,7 @@
 //! assert!(answer.ends_with(r#"{"status":"ready","sources":{"pumps":"configured"}}"#));
 //!
 //! // The source loses its session: not ready, and the TCP probe refuses connects.
-//! health.set_source_state("pumps", SourceState::Disconnected);
+//! health.set_source_state("pumps", ConnectionState::WaitingToReconnect);
 //! assert_eq!(health.is_healthy(), Some(false));
 //! assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, tcp_port)).is_err());
 //!
@@ -93,7 +93,9 @@ use std::time::Duration;
 
 pub use config::{DEFAULT_HTTP_TIMEOUT, DEFAULT_TCP_PROBE_PORT, HealthConfig};
 pub use error::{HealthError, Probe};
-pub use state::{Readiness, SourceState, Status};
+pub use state::{HealthReport, Readiness};
+/// The state of a source, as the SDK reports it (one vocabulary for the whole SDK).
+pub use vantiq_proto::ConnectionState;
 
 use deferred::Deferred;
 use listener::{AcceptLoop, accept_until_stopped};
@@ -182,7 +184,7 @@ impl Health {
     ///
     /// `GET /healthz` answers 200 `{"status":"alive"}` while [alive](Self::set_alive), else
     /// 503 `{"status":"not alive"}`. `GET /readyz` answers 200 while healthy, else 503, with
-    /// [`Status::readyz_json`], e.g. `{"status":"ready","sources":{"a":"configured"}}`.
+    /// [`HealthReport::readyz_json`], e.g. `{"status":"ready","sources":{"a":"configured"}}`.
     /// `HEAD` answers the same without the body. Other paths get 404, other methods 405,
     /// anything that is not HTTP/1.x 400, an oversized head 431, a client that does not send
     /// its request within [`HealthConfig::http_timeout`] 408.
@@ -232,7 +234,7 @@ impl Health {
         lock(&self.inner.shared.data).alive
     }
 
-    /// Registers a source (state [`SourceState::Connecting`]) so that `/readyz` lists it and
+    /// Registers a source (state [`ConnectionState::Connecting`]) so that `/readyz` lists it and
     /// automatic mode waits for it. Registering a name again keeps its state.
     ///
     /// In automatic mode, a connector that was healthy becomes unhealthy until the new
@@ -242,7 +244,7 @@ impl Health {
         lock(&self.inner.shared.data)
             .sources
             .entry(name.to_owned())
-            .or_insert(SourceState::Connecting);
+            .or_insert(ConnectionState::Connecting);
         if self.inner.cfg.auto {
             self.inner.apply_auto(&mut ctl);
             self.inner.deferred.start(Arc::downgrade(&self.inner));
@@ -252,11 +254,11 @@ impl Health {
     /// Records a source's state (registering it if needed).
     ///
     /// In automatic mode, then declares the connector healthy if every registered source is
-    /// [`SourceState::Configured`], and unhealthy if it was healthy and one no longer is
+    /// [`ConnectionState::Configured`], and unhealthy if it was healthy and one no longer is
     /// (before the first time every source is configured, the state stays *never
     /// declared*). A declaration that fails is logged and kept in [`Health::last_error`];
     /// the next call retries it. Never panics.
-    pub fn set_source_state(&self, name: &str, state: SourceState) {
+    pub fn set_source_state(&self, name: &str, state: ConnectionState) {
         let mut ctl = lock(&self.inner.control);
         {
             let mut data = lock(&self.inner.shared.data);
@@ -277,7 +279,7 @@ impl Health {
     /// immediately; in automatic mode the declaration it may cause (opening or closing the
     /// TCP probe, the `status` of `/readyz`) is made by a background thread right after.
     /// [`Health::wait_settled`] waits for it.
-    pub fn report_source_state(&self, name: &str, state: SourceState) {
+    pub fn report_source_state(&self, name: &str, state: ConnectionState) {
         {
             let mut data = lock(&self.inner.shared.data);
             match data.sources.get_mut(name) {
@@ -307,7 +309,7 @@ impl Health {
     }
 
     /// A source's state, if it is registered.
-    pub fn source_state(&self, name: &str) -> Option<SourceState> {
+    pub fn source_state(&self, name: &str) -> Option<ConnectionState> {
         lock(&self.inner.shared.data).sources.get(name).copied()
     }
 
@@ -318,7 +320,7 @@ impl Health {
     }
 
     /// A snapshot of the whole state (what `GET /readyz` reports).
-    pub fn status(&self) -> Status {
+    pub fn report(&self) -> HealthReport {
         self.inner.shared.snapshot()
     }
 
@@ -491,7 +493,7 @@ impl fmt::Debug for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Health")
             .field("config", &self.inner.cfg)
-            .field("status", &self.status())
+            .field("report", &self.report())
             .finish()
     }
 }
@@ -506,7 +508,7 @@ mod tests {
     fn health_is_send_sync() {
         assert_send_sync::<Health>();
         assert_send_sync::<HealthError>();
-        assert_send_sync::<Status>();
+        assert_send_sync::<HealthReport>();
     }
 
     #[test]

@@ -6,45 +6,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use vantiq_proto::ConnectionState;
+
 use crate::HealthError;
 use crate::sync::lock;
-
-/// Where one source stands, as listed by `GET /readyz` and followed by automatic mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum SourceState {
-    /// Opening its socket, authenticating or waiting for its configuration (the state a
-    /// source has when it is registered).
-    Connecting,
-    /// Configured by the server: publishes, queries and notifications flow.
-    Configured,
-    /// Lost its session and is reconnecting.
-    Disconnected,
-    /// Closed on purpose (shutdown); it will not reconnect.
-    Closed,
-    /// Stopped for good after an error (e.g. a rejected token).
-    Failed,
-}
-
-impl SourceState {
-    /// The lower-case name used in JSON: `connecting`, `configured`, `disconnected`,
-    /// `closed` or `failed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceState::Connecting => "connecting",
-            SourceState::Configured => "configured",
-            SourceState::Disconnected => "disconnected",
-            SourceState::Closed => "closed",
-            SourceState::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for SourceState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The connector's readiness: the tri-state of design row 17.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,22 +48,22 @@ impl fmt::Display for Readiness {
     }
 }
 
-/// A snapshot of the health state, from [`Health::status`](crate::Health::status).
+/// A snapshot of the health state, from [`Health::report`](crate::Health::report).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
+pub struct HealthReport {
     /// The tri-state: `None` never declared, `Some(true)` healthy, `Some(false)` unhealthy.
     pub healthy: Option<bool>,
     /// Whether the connector's loop runs (what `/healthz` reports).
     pub alive: bool,
     /// Every registered source and its state, sorted by name.
-    pub sources: Vec<(String, SourceState)>,
+    pub sources: Vec<(String, ConnectionState)>,
     /// The port the TCP probe listens on, while it is open.
     pub tcp_probe_port: Option<u16>,
     /// The port the HTTP probe listens on, while it runs.
     pub http_probe_port: Option<u16>,
 }
 
-impl Status {
+impl HealthReport {
     /// The readiness the tri-state stands for.
     pub fn readiness(&self) -> Readiness {
         Readiness::from_healthy(self.healthy)
@@ -156,15 +121,15 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
 pub(crate) struct Data {
     pub(crate) healthy: Option<bool>,
     pub(crate) alive: bool,
-    pub(crate) sources: BTreeMap<String, SourceState>,
+    pub(crate) sources: BTreeMap<String, ConnectionState>,
     pub(crate) tcp_port: Option<u16>,
     pub(crate) http_port: Option<u16>,
     pub(crate) last_error: Option<HealthError>,
 }
 
 impl Data {
-    pub(crate) fn snapshot(&self) -> Status {
-        Status {
+    pub(crate) fn snapshot(&self) -> HealthReport {
+        HealthReport {
             healthy: self.healthy,
             alive: self.alive,
             sources: self
@@ -179,7 +144,11 @@ impl Data {
 
     /// Automatic mode's rule: at least one source, and every source configured.
     pub(crate) fn all_configured(&self) -> bool {
-        !self.sources.is_empty() && self.sources.values().all(|s| *s == SourceState::Configured)
+        !self.sources.is_empty()
+            && self
+                .sources
+                .values()
+                .all(|s| *s == ConnectionState::Configured)
     }
 }
 
@@ -232,7 +201,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> Status {
+    pub(crate) fn snapshot(&self) -> HealthReport {
         lock(&self.data).snapshot()
     }
 }
@@ -241,8 +210,8 @@ impl Shared {
 mod tests {
     use super::*;
 
-    fn status(healthy: Option<bool>, sources: &[(&str, SourceState)]) -> Status {
-        Status {
+    fn status(healthy: Option<bool>, sources: &[(&str, ConnectionState)]) -> HealthReport {
+        HealthReport {
             healthy,
             alive: true,
             sources: sources.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
@@ -254,11 +223,11 @@ mod tests {
     #[test]
     fn source_state_names() {
         let all = [
-            (SourceState::Connecting, "connecting"),
-            (SourceState::Configured, "configured"),
-            (SourceState::Disconnected, "disconnected"),
-            (SourceState::Closed, "closed"),
-            (SourceState::Failed, "failed"),
+            (ConnectionState::Connecting, "connecting"),
+            (ConnectionState::Configured, "configured"),
+            (ConnectionState::WaitingToReconnect, "waiting to reconnect"),
+            (ConnectionState::Closed, "closed"),
+            (ConnectionState::Failed, "failed"),
         ];
         for (state, name) in all {
             assert_eq!(state.as_str(), name);
@@ -285,16 +254,16 @@ mod tests {
             status(
                 Some(true),
                 &[
-                    ("a", SourceState::Configured),
-                    ("b", SourceState::Configured)
+                    ("a", ConnectionState::Configured),
+                    ("b", ConnectionState::Configured)
                 ]
             )
             .readyz_json(),
             r#"{"status":"ready","sources":{"a":"configured","b":"configured"}}"#
         );
         assert_eq!(
-            status(Some(false), &[("a", SourceState::Disconnected)]).readyz_json(),
-            r#"{"status":"not ready","sources":{"a":"disconnected"}}"#
+            status(Some(false), &[("a", ConnectionState::WaitingToReconnect)]).readyz_json(),
+            r#"{"status":"not ready","sources":{"a":"waiting to reconnect"}}"#
         );
     }
 
@@ -318,9 +287,9 @@ mod tests {
         let shared = Shared::new();
         let mut d = lock(&shared.data);
         assert!(!d.all_configured());
-        d.sources.insert("a".into(), SourceState::Configured);
+        d.sources.insert("a".into(), ConnectionState::Configured);
         assert!(d.all_configured());
-        d.sources.insert("b".into(), SourceState::Connecting);
+        d.sources.insert("b".into(), ConnectionState::Connecting);
         assert!(!d.all_configured());
     }
 

@@ -12,7 +12,7 @@ mod common;
 use std::net::{Ipv4Addr, TcpListener};
 
 use common::{assert_open, assert_refused, free_port, get, local_cfg};
-use vantiq_health::{Health, HealthConfig, HealthError, SourceState};
+use vantiq_health::{ConnectionState, Health, HealthConfig, HealthError};
 
 fn auto() -> HealthConfig {
     HealthConfig {
@@ -28,14 +28,14 @@ fn readiness_follows_the_sources() {
     h.register_source("a");
     h.register_source("b");
     assert_eq!(h.is_healthy(), None);
-    assert_eq!(h.source_state("a"), Some(SourceState::Connecting));
+    assert_eq!(h.source_state("a"), Some(ConnectionState::Connecting));
 
-    h.set_source_state("a", SourceState::Configured);
+    h.set_source_state("a", ConnectionState::Configured);
     assert_eq!(h.is_healthy(), None, "b is not configured yet");
     assert_eq!(h.tcp_probe_port(), None);
     assert_eq!(get(http, "/readyz").code, 503);
 
-    h.set_source_state("b", SourceState::Configured);
+    h.set_source_state("b", ConnectionState::Configured);
     assert_eq!(h.is_healthy(), Some(true));
     let tcp = h.tcp_probe_port().unwrap();
     assert_open(tcp);
@@ -47,7 +47,7 @@ fn readiness_follows_the_sources() {
     );
 
     // The server drops b: not ready, TCP probe closed.
-    h.set_source_state("b", SourceState::Disconnected);
+    h.set_source_state("b", ConnectionState::WaitingToReconnect);
     assert_eq!(h.is_healthy(), Some(false));
     assert_eq!(h.tcp_probe_port(), None);
     assert_refused(tcp);
@@ -55,30 +55,30 @@ fn readiness_follows_the_sources() {
     assert_eq!(a.code, 503);
     assert_eq!(
         a.body,
-        r#"{"status":"not ready","sources":{"a":"configured","b":"disconnected"}}"#
+        r#"{"status":"not ready","sources":{"a":"configured","b":"waiting to reconnect"}}"#
     );
     assert_eq!(get(http, "/healthz").code, 200, "liveness is not readiness");
 
     // Reconnecting keeps it not ready; configured again makes it ready again.
-    h.set_source_state("b", SourceState::Connecting);
+    h.set_source_state("b", ConnectionState::Connecting);
     assert_eq!(h.is_healthy(), Some(false));
-    h.set_source_state("b", SourceState::Configured);
+    h.set_source_state("b", ConnectionState::Configured);
     assert_eq!(h.is_healthy(), Some(true));
     assert_open(h.tcp_probe_port().unwrap());
     assert_eq!(get(http, "/readyz").code, 200);
 
     // Repeated reports change nothing.
     let port = h.tcp_probe_port();
-    h.set_source_state("b", SourceState::Configured);
+    h.set_source_state("b", ConnectionState::Configured);
     assert_eq!(h.tcp_probe_port(), port);
 
     // Closing on purpose is not ready either.
-    for s in [SourceState::Closed, SourceState::Failed] {
-        h.set_source_state("b", SourceState::Configured);
+    for s in [ConnectionState::Closed, ConnectionState::Failed] {
+        h.set_source_state("b", ConnectionState::Configured);
         assert_eq!(h.is_healthy(), Some(true));
         h.set_source_state("a", s);
         assert_eq!(h.is_healthy(), Some(false), "{s}");
-        h.set_source_state("a", SourceState::Configured);
+        h.set_source_state("a", ConnectionState::Configured);
     }
     h.shutdown();
     assert_eq!(h.probe_threads(), 0);
@@ -87,7 +87,7 @@ fn readiness_follows_the_sources() {
 #[test]
 fn a_new_source_makes_the_connector_unready_until_configured() {
     let h = Health::new(auto());
-    h.set_source_state("a", SourceState::Configured);
+    h.set_source_state("a", ConnectionState::Configured);
     assert_eq!(
         h.is_healthy(),
         Some(true),
@@ -96,8 +96,12 @@ fn a_new_source_makes_the_connector_unready_until_configured() {
     h.register_source("b");
     assert_eq!(h.is_healthy(), Some(false));
     h.register_source("a");
-    assert_eq!(h.source_state("a"), Some(SourceState::Configured), "kept");
-    h.set_source_state("b", SourceState::Configured);
+    assert_eq!(
+        h.source_state("a"),
+        Some(ConnectionState::Configured),
+        "kept"
+    );
+    h.set_source_state("b", ConnectionState::Configured);
     assert_eq!(h.is_healthy(), Some(true));
 }
 
@@ -105,7 +109,7 @@ fn a_new_source_makes_the_connector_unready_until_configured() {
 fn no_sources_is_never_healthy() {
     let h = Health::new(auto());
     h.register_source("a");
-    h.set_source_state("a", SourceState::Disconnected);
+    h.set_source_state("a", ConnectionState::WaitingToReconnect);
     assert_eq!(
         h.is_healthy(),
         None,
@@ -123,14 +127,14 @@ fn a_bind_failure_is_kept_and_retried() {
         tcp_port: port,
         ..auto()
     });
-    h.set_source_state("a", SourceState::Configured);
+    h.set_source_state("a", ConnectionState::Configured);
     assert_eq!(h.is_healthy(), None, "the state is unchanged");
     let err = h.last_error().unwrap();
     assert!(matches!(err, HealthError::Bind { .. }));
     assert!(err.to_string().contains(&port.to_string()));
 
     drop(blocker);
-    h.set_source_state("a", SourceState::Configured);
+    h.set_source_state("a", ConnectionState::Configured);
     assert_eq!(h.is_healthy(), Some(true));
     assert!(h.last_error().is_none());
     assert_open(port);
@@ -139,10 +143,10 @@ fn a_bind_failure_is_kept_and_retried() {
 #[test]
 fn manual_mode_ignores_the_sources() {
     let h = Health::new(local_cfg());
-    h.set_source_state("a", SourceState::Configured);
+    h.set_source_state("a", ConnectionState::Configured);
     assert_eq!(h.is_healthy(), None);
     h.declare_healthy().unwrap();
-    h.set_source_state("a", SourceState::Disconnected);
+    h.set_source_state("a", ConnectionState::WaitingToReconnect);
     assert_eq!(
         h.is_healthy(),
         Some(true),
@@ -158,12 +162,12 @@ fn manual_declarations_still_work_in_automatic_mode() {
         tcp_port: port,
         ..auto()
     });
-    h.set_source_state("a", SourceState::Configured);
+    h.set_source_state("a", ConnectionState::Configured);
     assert_eq!(h.is_healthy(), Some(true));
     h.declare_unhealthy().unwrap();
     assert_refused(port);
     // The next change of a source applies the rule again.
-    h.set_source_state("a", SourceState::Configured);
+    h.set_source_state("a", ConnectionState::Configured);
     assert_eq!(h.is_healthy(), Some(true));
     assert_open(port);
 }
@@ -183,9 +187,9 @@ fn concurrent_source_reports_end_in_the_right_state() {
             std::thread::spawn(move || {
                 for i in 0..20 {
                     let s = if i % 2 == 0 {
-                        SourceState::Disconnected
+                        ConnectionState::WaitingToReconnect
                     } else {
-                        SourceState::Configured
+                        ConnectionState::Configured
                     };
                     h.set_source_state(&name, s);
                 }
@@ -209,26 +213,29 @@ fn reported_states_are_applied_in_the_background() {
     let h = Health::new(auto());
     let http = h.start_http().unwrap().unwrap();
     h.register_source("a");
-    h.report_source_state("a", SourceState::Configured);
+    h.report_source_state("a", ConnectionState::Configured);
     // The source's state at once; the declaration right after, in the background.
-    assert_eq!(h.source_state("a"), Some(SourceState::Configured));
+    assert_eq!(h.source_state("a"), Some(ConnectionState::Configured));
     assert!(h.wait_settled(std::time::Duration::from_secs(5)));
     assert_eq!(get(http, "/readyz").code, 200);
     assert_eq!(h.is_healthy(), Some(true));
     let tcp = h.tcp_probe_port().unwrap();
     assert_open(tcp);
-    h.report_source_state("a", SourceState::Disconnected);
-    assert_eq!(h.source_state("a"), Some(SourceState::Disconnected));
+    h.report_source_state("a", ConnectionState::WaitingToReconnect);
+    assert_eq!(
+        h.source_state("a"),
+        Some(ConnectionState::WaitingToReconnect)
+    );
     assert!(h.wait_settled(std::time::Duration::from_secs(5)));
     assert_eq!(get(http, "/readyz").code, 503);
     assert_eq!(h.is_healthy(), Some(false));
     assert_refused(tcp);
     // Many reports in a row settle on the last.
     for _ in 0..50 {
-        h.report_source_state("a", SourceState::Configured);
-        h.report_source_state("a", SourceState::Connecting);
+        h.report_source_state("a", ConnectionState::Configured);
+        h.report_source_state("a", ConnectionState::Connecting);
     }
-    h.report_source_state("a", SourceState::Configured);
+    h.report_source_state("a", ConnectionState::Configured);
     assert!(h.wait_settled(std::time::Duration::from_secs(5)));
     assert_eq!(h.is_healthy(), Some(true));
     h.shutdown();
@@ -240,7 +247,7 @@ fn reported_states_are_applied_in_the_background() {
 fn the_background_worker_ends_with_the_health() {
     let h = Health::new(auto());
     h.register_source("a");
-    h.report_source_state("a", SourceState::Configured);
+    h.report_source_state("a", ConnectionState::Configured);
     assert!(h.wait_settled(std::time::Duration::from_secs(5)));
     let tcp = h.tcp_probe_port().unwrap();
     drop(h);

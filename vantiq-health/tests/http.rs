@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::{assert_refused, connect, get, half_close, http_raw, local_cfg, read_answer};
-use vantiq_health::{Health, HealthConfig, HealthError, Probe, SourceState};
+use vantiq_health::{ConnectionState, Health, HealthConfig, HealthError, Probe};
 
 fn started(cfg: HealthConfig) -> (Health, u16) {
     let h = Health::new(cfg);
@@ -98,7 +98,7 @@ fn readyz_in_every_state() {
         r#"{"status":"never declared","sources":{"a":"connecting","b":"connecting"}}"#
     );
 
-    h.set_source_state("a", SourceState::Configured);
+    h.set_source_state("a", ConnectionState::Configured);
     h.declare_healthy().unwrap();
     let a = get(port, "/readyz");
     assert_eq!(a.code, 200);
@@ -108,7 +108,7 @@ fn readyz_in_every_state() {
         r#"{"status":"ready","sources":{"a":"configured","b":"connecting"}}"#
     );
 
-    h.set_source_state("b", SourceState::Failed);
+    h.set_source_state("b", ConnectionState::Failed);
     h.declare_unhealthy().unwrap();
     let a = get(port, "/readyz");
     assert_eq!(a.code, 503);
@@ -118,8 +118,8 @@ fn readyz_in_every_state() {
     );
 
     for (state, name) in [
-        (SourceState::Disconnected, "disconnected"),
-        (SourceState::Closed, "closed"),
+        (ConnectionState::WaitingToReconnect, "waiting to reconnect"),
+        (ConnectionState::Closed, "closed"),
     ] {
         h.set_source_state("b", state);
         assert_eq!(
@@ -135,7 +135,7 @@ fn readyz_matches_status_snapshot() {
     h.register_source("x\"y");
     h.declare_healthy().unwrap();
     let body = get(port, "/readyz").body;
-    assert_eq!(body, h.status().readyz_json());
+    assert_eq!(body, h.report().readyz_json());
     assert_eq!(
         body,
         r#"{"status":"ready","sources":{"x\"y":"connecting"}}"#

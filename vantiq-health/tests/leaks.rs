@@ -16,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_open, assert_refused, free_port, get, local_cfg};
-use vantiq_health::{Health, HealthConfig, SourceState};
+use vantiq_health::{ConnectionState, Health, HealthConfig};
 
 /// Entries of a `/proc/self` directory, or `None` where there is no procfs.
 fn count(dir: &str) -> Option<usize> {
@@ -68,10 +68,10 @@ fn toggling_100_times_leaves_nothing_behind() {
     });
     for _ in 0..20 {
         let http = a.start_http().unwrap().unwrap();
-        a.set_source_state("s", SourceState::Configured);
+        a.set_source_state("s", ConnectionState::Configured);
         assert_eq!(get(http, "/readyz").code, 200);
         assert_open(a.tcp_probe_port().unwrap());
-        a.set_source_state("s", SourceState::Disconnected);
+        a.set_source_state("s", ConnectionState::WaitingToReconnect);
         assert_eq!(get(http, "/readyz").code, 503);
         a.shutdown();
         assert_eq!(a.probe_threads(), 0);

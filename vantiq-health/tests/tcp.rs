@@ -39,7 +39,7 @@ fn new_starts_nothing() {
     assert_eq!(h.http_probe_port(), None);
     assert_eq!(h.probe_threads(), 0);
     assert!(h.is_alive());
-    assert_eq!(h.status().readiness(), Readiness::NeverDeclared);
+    assert_eq!(h.report().readiness(), Readiness::NeverDeclared);
     assert!(h.last_error().is_none());
 }
 
@@ -53,7 +53,7 @@ fn tri_state_follows_declarations() {
     assert_eq!(h.is_healthy(), Some(false));
     h.declare_healthy().unwrap();
     assert_eq!(h.is_healthy(), Some(true));
-    assert_eq!(h.status().readiness(), Readiness::Ready);
+    assert_eq!(h.report().readiness(), Readiness::Ready);
 }
 
 #[test]
@@ -83,7 +83,7 @@ fn port_zero_reports_the_bound_port() {
     h.declare_healthy().unwrap();
     let port = h.tcp_probe_port().unwrap();
     assert_ne!(port, 0);
-    assert_eq!(h.status().tcp_probe_port, Some(port));
+    assert_eq!(h.report().tcp_probe_port, Some(port));
     h.declare_unhealthy().unwrap();
     assert_eq!(h.tcp_probe_port(), None);
 }
@@ -275,7 +275,7 @@ fn concurrent_declarations_stay_consistent() {
                         h.declare_unhealthy().unwrap();
                     }
                     // The state and the port always agree.
-                    let _ = h.status();
+                    let _ = h.report();
                 }
             })
         })
@@ -283,7 +283,7 @@ fn concurrent_declarations_stay_consistent() {
     for t in threads {
         t.join().unwrap();
     }
-    let status = h.status();
+    let status = h.report();
     assert_eq!(
         status.healthy == Some(true),
         status.tcp_probe_port.is_some()

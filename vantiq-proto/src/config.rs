@@ -162,8 +162,12 @@ pub struct ConnectOptions {
 
 impl ConnectOptions {
     /// The `connectKWArgs` options read here.
-    pub const KEYS: [&'static str; 4] =
-        ["open_timeout", "ping_interval", "ping_timeout", "close_timeout"];
+    pub const KEYS: [&'static str; 4] = [
+        "open_timeout",
+        "ping_interval",
+        "ping_timeout",
+        "close_timeout",
+    ];
 }
 
 /// The parsed `server.config`.
@@ -746,7 +750,10 @@ mod tests {
         assert_eq!(c.connect_kw_args()["max_queue"], 16);
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
         // Keys of other layers are read through the typed accessors.
-        assert_eq!(c.parsed::<u16>("healthProbePort", "a port").unwrap(), Some(8081));
+        assert_eq!(
+            c.parsed::<u16>("healthProbePort", "a port").unwrap(),
+            Some(8081)
+        );
         assert!(c.flag("autoHealth", false).unwrap());
         assert_eq!(
             c.parsed::<std::net::IpAddr>("healthProbeBind", "an IP address")

@@ -139,8 +139,7 @@ mod url;
 
 pub use backoff::{Backoff, Rng};
 pub use config::{
-    ConfigError, ConnectOptions, Credentials, SEARCH_PATHS, Secret,
-    ServerConfig, TOKEN_ENV, keys,
+    ConfigError, ConnectOptions, Credentials, SEARCH_PATHS, Secret, ServerConfig, TOKEN_ENV, keys,
 };
 pub use connection::{
     Connection, ConnectionConfig, ConnectionState, DisconnectReason, Event, Failure, FatalError,

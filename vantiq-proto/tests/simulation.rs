@@ -154,7 +154,7 @@ fn auth_rejected_is_fatal_with_details() {
     );
     assert_eq!(sim.client.stats().connect_attempts, 1);
     assert_eq!(sim.auth_attempts(), 1);
-    assert_eq!(sim.client.state(), ConnectionState::Closed);
+    assert_eq!(sim.client.state(), ConnectionState::Failed);
     assert!(matches!(
         sim.transmits.last(),
         Some((_, Transmit::Close { code: 1000, .. }))

@@ -190,21 +190,20 @@ impl<R: Runtime> Driver<R> {
             match e {
                 Event::Configured { config } => {
                     tracing::info!(session = self.conn.session(), "source configured");
-                    self.observer
-                        .publish(&self.conn, Some(config.clone()), false);
+                    self.observer.publish(&self.conn, Some(config.clone()));
                     self.runner.push(Event::Configured { config });
                 }
                 Event::Disconnected { reason } => {
                     tracing::info!(?reason, "session ended");
                     // Queries of the ended session are refused from now on.
-                    self.observer.publish(&self.conn, None, false);
+                    self.observer.publish(&self.conn, None);
                     self.runner.push(Event::Disconnected { reason });
                 }
                 Event::Closed { error, undelivered } => self.on_closed(now, error, undelivered),
                 e @ (Event::Publish { .. } | Event::Query { .. }) => self.runner.push(e),
             }
         }
-        self.observer.publish(&self.conn, None, false);
+        self.observer.publish(&self.conn, None);
         any
     }
 
@@ -225,7 +224,7 @@ impl<R: Runtime> Driver<R> {
                 "notifications accepted for this source were never delivered: the connector stopped before the server could take them"
             );
         }
-        self.observer.publish(&self.conn, None, error.is_some());
+        self.observer.publish(&self.conn, None);
         let grace = self.conn.config().close_timeout;
         self.ending.handlers_deadline = Some(now + grace);
         self.ending.outcome = Some(error);

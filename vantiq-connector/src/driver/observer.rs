@@ -1,7 +1,7 @@
 //! Makes a source's state visible: to its [`Source`] handle (and whoever waits on it), and to
 //! the set's health, without blocking the driver.
 
-use vantiq_health::{Health, SourceState};
+use vantiq_health::Health;
 use vantiq_proto::{Connection, ConnectionState, Json};
 
 use crate::source::Source;
@@ -22,27 +22,15 @@ impl Observer {
     }
 
     /// Publishes the connection's state if it changed (or, with a configuration, always).
-    /// `failed`: the connection ended for a fatal error.
-    pub(super) fn publish(&mut self, conn: &Connection, config: Option<Json>, failed: bool) {
+    pub(super) fn publish(&mut self, conn: &Connection, config: Option<Json>) {
         let state = conn.state();
         if self.last == Some(state) && config.is_none() {
             return;
         }
         self.last = Some(state);
-        let health_state = match state {
-            ConnectionState::Configured => SourceState::Configured,
-            ConnectionState::Closed if failed => SourceState::Failed,
-            ConnectionState::Closed => SourceState::Closed,
-            _ if conn.stats().sessions > 0 => SourceState::Disconnected,
-            ConnectionState::WaitingToReconnect if conn.stats().connect_attempts > 1 => {
-                SourceState::Disconnected
-            }
-            _ => SourceState::Connecting,
-        };
         // Health applies the change in the background (a probe may have to open or close):
         // never a bind, a thread join or a connect inside the driver's poll.
-        self.health
-            .report_source_state(self.source.name(), health_state);
+        self.health.report_source_state(self.source.name(), state);
         self.source.set_state(state, config);
     }
 
@@ -51,7 +39,7 @@ impl Observer {
         if self.last != Some(ConnectionState::Closed) {
             self.last = Some(ConnectionState::Closed);
             self.health
-                .report_source_state(self.source.name(), SourceState::Closed);
+                .report_source_state(self.source.name(), ConnectionState::Closed);
             self.source.set_state(ConnectionState::Closed, None);
         }
     }

@@ -137,6 +137,8 @@ pub struct Connection {
     notification_prefix: String,
     last_failure: Option<Failure>,
     closing: Option<Closing>,
+    /// Ended for a fatal error.
+    failed: bool,
 }
 
 impl fmt::Debug for Connection {
@@ -182,6 +184,7 @@ impl Connection {
             stats: Stats::default(),
             last_failure: None,
             closing: None,
+            failed: false,
         };
         c.start_connect(now);
         c
@@ -210,6 +213,7 @@ impl Connection {
             State::Authenticating => ConnectionState::Authenticating,
             State::Attaching => ConnectionState::Attaching,
             State::Configured { .. } => ConnectionState::Configured,
+            State::Closed if self.failed => ConnectionState::Failed,
             State::Closed => ConnectionState::Closed,
         }
     }
@@ -901,6 +905,7 @@ impl Connection {
         // Whatever is still queued was accepted and will never be delivered: count it.
         let unsent = self.outbox.take_notifications().len();
         let undelivered = unsent + self.offline.drain().count();
+        self.failed = error.is_some();
         self.state = State::Closed;
         self.socket.open = false;
         self.deadlines = Deadlines::default();

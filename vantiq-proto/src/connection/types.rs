@@ -253,11 +253,12 @@ impl NotifyError {
     }
 }
 
-/// The connection's state, for observers.
+/// Where a source's connection stands: the one state vocabulary of the SDK (a source's
+/// handle, the health probes' `/readyz` and the logs all use it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConnectionState {
-    /// Waiting before the next attempt.
+    /// Waiting before the next attempt (after a failure, or a session that ended).
     WaitingToReconnect,
     /// A socket is being opened.
     Connecting,
@@ -267,8 +268,42 @@ pub enum ConnectionState {
     Attaching,
     /// `configureExtension` received: publishes, queries and notifications flow.
     Configured,
-    /// Ended for good.
+    /// Ended for good on purpose (a graceful close).
     Closed,
+    /// Ended for good after an error (a rejected token; with `failOnConnectionError`, any
+    /// connection failure).
+    Failed,
+}
+
+impl ConnectionState {
+    /// The lower-case name used in logs and in the health probe's JSON: `waiting to
+    /// reconnect`, `connecting`, `authenticating`, `attaching`, `configured`, `closed`,
+    /// `failed`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::WaitingToReconnect => "waiting to reconnect",
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Authenticating => "authenticating",
+            ConnectionState::Attaching => "attaching",
+            ConnectionState::Configured => "configured",
+            ConnectionState::Closed => "closed",
+            ConnectionState::Failed => "failed",
+        }
+    }
+
+    /// Whether the connection has ended for good ([`Closed`](Self::Closed) or
+    /// [`Failed`](Self::Failed)).
+    #[must_use]
+    pub fn is_ended(self) -> bool {
+        matches!(self, ConnectionState::Closed | ConnectionState::Failed)
+    }
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Counters for observers and tests.
