@@ -360,6 +360,11 @@ impl<R: TestRuntime> Running<R> {
         self.result(kit).await
     }
 
+    /// Drops the `run()` future without asking it to stop: cancellation.
+    pub fn cancel(self) {
+        drop(self);
+    }
+
     /// The shutdown handle.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.stop.clone()

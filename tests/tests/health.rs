@@ -19,7 +19,8 @@ use vantiq_e2e::{Kit, TestRuntime, on_both_runtimes, start};
 
 on_both_runtimes!(
     manual_declarations_and_probes,
-    automatic_mode_follows_the_sources
+    automatic_mode_follows_the_sources,
+    dropping_run_stops_every_task_and_probe
 );
 
 fn tcp_open(port: u16) -> bool {
@@ -158,4 +159,57 @@ async fn automatic_mode_follows_the_sources<R: TestRuntime>() {
     assert!(tcp_open(health.tcp_probe_port().unwrap()));
     assert_eq!(get(http, "/readyz").0, 200);
     running.stop(&kit).await.unwrap();
+}
+
+/// Cancellation is the same on both runtimes: dropping the `run()` future stops every source
+/// task (the server sees its sockets go, the handles say the connector stopped, nothing
+/// queued afterwards is accepted) and the probes.
+async fn dropping_run_stops_every_task_and_probe<R: TestRuntime>() {
+    let kit = Kit::start(|b| {
+        b.token("T")
+            .source("alpha", json!({}))
+            .source("beta", json!({}))
+    })
+    .await;
+    let set = ConnectorSet::<R>::new(kit.config(
+        &["alpha", "beta"],
+        "healthProbePort=0\ntcpProbePort=0\nautoHealth=true",
+    ))
+    .on_publish(|_s, _m| async { Ok(()) });
+    let health = set.health();
+    let sources = set.sources();
+    let running = start(set);
+    for s in &sources {
+        until_state(&kit, s, |st| st == ConnectionState::Configured).await;
+    }
+    assert!(health.wait_settled(vantiq_e2e::WAIT));
+    let http = health.http_probe_port().expect("HTTP probe running");
+    let tcp = health.tcp_probe_port().expect("TCP probe open");
+    assert!(tcp_open(tcp));
+    assert_eq!(get(http, "/healthz").0, 200);
+
+    running.cancel();
+
+    for s in &sources {
+        until_state(&kit, s, |st| st == ConnectionState::Closed).await;
+        kit.source(s.name()).wait_disconnected().await;
+        assert!(
+            s.wait_configured().await.is_err(),
+            "{} still waits for a configuration",
+            s.name()
+        );
+        assert!(
+            matches!(
+                s.notify(&json!({"late": true})).await,
+                Err(vantiq_connector::NotifyError::Closed)
+            ),
+            "{} accepted a notification after cancellation",
+            s.name()
+        );
+        assert_eq!(kit.source(s.name()).handle().connections(), 1);
+    }
+    assert!(health.wait_settled(vantiq_e2e::WAIT));
+    assert!(!health.is_alive());
+    assert!(!tcp_open(http), "the HTTP probe stopped");
+    assert!(!tcp_open(tcp), "the TCP probe stopped");
 }

@@ -804,3 +804,46 @@ fn shutdown_flushes_every_queued_notification() {
         }
     });
 }
+
+/// Dropping the `run()` future (cancellation) is not a graceful stop, but nothing accepted
+/// vanishes without a word: the handles say the connector stopped, and every notification
+/// that was accepted and never written is counted and logged.
+#[test]
+fn cancellation_counts_what_it_could_not_deliver() {
+    let (logs, _guard) = Logs::capture(tracing::Level::WARN);
+    let sim = SimRuntime::with_options(8 * 1024, Duration::from_secs(3_600));
+    let mut set = common::set(&sim, "");
+    set.transport_options().write_buffer_size = 0;
+    let source = set.source(SOURCE).unwrap();
+    let run = sim.spawn_task(set.run());
+    sim.block_on({
+        let sim = sim.clone();
+        async move {
+            let mut peer = Peer::session(&sim).await;
+            source.wait_configured().await.unwrap();
+            // The server stops reading; the connector takes all it can, then is cancelled.
+            let accepted = common::fill(&sim, &source, &"c".repeat(200)).await;
+            assert!(accepted > 100, "only {accepted} taken");
+            drop(run);
+            source.wait_change(ConnectionState::Configured).await;
+            assert_eq!(source.state(), ConnectionState::Closed);
+            assert!(source.wait_configured().await.is_err());
+            let received = peer.numbers(None).await;
+            assert_eq!(
+                received,
+                (0..received.len() as u64).collect::<Vec<_>>(),
+                "a prefix, in order"
+            );
+            let undelivered = source.undelivered_notifications();
+            assert!(undelivered > 0);
+            // Received, or counted, or the one frame the transport held when it was dropped.
+            let lost = accepted - received.len() as u64 - undelivered;
+            assert!(lost <= 1, "{lost} notifications vanished without a word");
+            let text = logs.text();
+            assert!(
+                text.contains(&format!("undelivered={undelivered}")),
+                "no warning with the count: {text}"
+            );
+        }
+    });
+}

@@ -105,8 +105,18 @@ pub(crate) struct Driver<R: Runtime> {
 /// without a word: replies waiting for a verdict get `Closed`, notifications are counted.
 impl<R: Runtime> Drop for Driver<R> {
     fn drop(&mut self) {
+        if self.conn.state().is_ended() {
+            return; // closed: `on_closed` already accounted for everything
+        }
         self.source.0.commands.close();
-        self.drain_commands_after_close();
+        let left = self.drain_commands_after_close() + self.conn.queued_notifications() as u64;
+        if left > 0 {
+            self.source.add_undelivered(left);
+            tracing::warn!(
+                undelivered = left,
+                "the connector was cancelled with notifications it had accepted and never delivered"
+            );
+        }
         self.observer.abandoned();
     }
 }
