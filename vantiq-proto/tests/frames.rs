@@ -487,3 +487,38 @@ fn deeply_nested_json_does_not_crash() {
         format!(r#"{{"op":"query","messageHeaders":{{"x":{payload}}},"object":{{}}}}"#);
     assert!(ServerFrame::decode(deep_headers.as_bytes()).is_err());
 }
+
+/// A rejected frame is logged by what was wrong with it, never by what it held: a source
+/// configuration with a password must not reach the logs because the frame was malformed.
+#[test]
+fn errors_say_what_was_wrong_not_what_the_frame_held() {
+    const SECRET: &str = "hunter2-secret";
+    let frames = [
+        // Not JSON (cut short).
+        format!(r#"{{"op":"configureExtension","object":{{"config":{{"password":"{SECRET}""#),
+        // Fields of the wrong type, holding the secret.
+        format!(r#"{{"op":"configureExtension","resourceId":"s","object":"{SECRET}"}}"#),
+        format!(r#"{{"status":"{SECRET}"}}"#),
+        format!(r#"{{"op":"query","resourceId":"s","object":{{}},"messageHeaders":"{SECRET}"}}"#),
+        format!(
+            r#"{{"op":"query","resourceId":"s","object":{{"p":"{SECRET}"}},"messageHeaders":{{"REPLY_ADDR_HEADER":["{SECRET}"]}}}}"#
+        ),
+        // A required field missing next to the secret.
+        format!(r#"{{"op":"query","resourceId":"s","object":{{"password":"{SECRET}"}}}}"#),
+        // Not an object at all.
+        format!(r#"["{SECRET}"]"#),
+        format!(r#""{SECRET}""#),
+    ];
+    for frame in &frames {
+        let Err(err) = ServerFrame::decode(frame.as_bytes()) else {
+            panic!("accepted {frame}");
+        };
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(
+                !text.contains(SECRET),
+                "the error for {frame} shows the frame's content: {text}"
+            );
+            assert!(!text.is_empty());
+        }
+    }
+}
