@@ -36,6 +36,8 @@ pub struct ServerConnection {
     user: Option<String>,
     /// The source this socket last attached to (it may have lost it since).
     attached: Option<String>,
+    /// The source it held when this side sent its close frame.
+    released: Option<String>,
     transmits: VecDeque<ServerTransmit>,
     events: VecDeque<ServerEvent>,
 }
@@ -47,6 +49,7 @@ impl ServerConnection {
             state: State::Open,
             user: None,
             attached: None,
+            released: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -114,7 +117,18 @@ impl ServerConnection {
         data: &[u8],
     ) -> Result<(), FrameError> {
         let _ = now;
-        if self.state != State::Open {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        if self.state == State::Closing {
+            // After this side's close frame only notifications still count: the peer wrote
+            // them before it read the close. Anything else is ignored.
+            if let Ok(ClientFrame::Notification { source, object }) = ClientFrame::decode(data)
+                && self.sender(reg).as_deref() == Some(source.as_str())
+            {
+                self.events
+                    .push_back(ServerEvent::Notification { source, object });
+            }
             return Ok(());
         }
         let frame = match ClientFrame::decode(data) {
@@ -271,6 +285,7 @@ impl ServerConnection {
             code,
             reason: reason.to_owned(),
         });
+        self.released = self.attached.clone();
         self.detach(reg);
         self.state = State::Closing;
     }
@@ -295,6 +310,20 @@ impl ServerConnection {
                 connection: self.id,
             })
         }
+    }
+
+    /// The source a notification on this socket counts for: the one it holds or, once this
+    /// side has sent its close frame, the one it held then. The peer may have written
+    /// notifications before it read that close frame; they are read to the end and kept,
+    /// as a server that closes gracefully does.
+    fn sender(&self, reg: &Registry) -> Option<String> {
+        self.held(reg).or_else(|| {
+            if self.state == State::Closing {
+                self.released.clone()
+            } else {
+                None
+            }
+        })
     }
 
     fn held(&self, reg: &Registry) -> Option<String> {
@@ -365,7 +394,7 @@ impl ServerConnection {
                 source,
                 reconnect_secret,
             } => self.on_connect(reg, source, reconnect_secret),
-            ClientFrame::Notification { source, object } => match self.held(reg) {
+            ClientFrame::Notification { source, object } => match self.sender(reg) {
                 Some(held) if held == source => {
                     self.events
                         .push_back(ServerEvent::Notification { source, object });

@@ -554,9 +554,19 @@ fn closes_release_the_source_at_once_and_end_the_connection() {
     assert_eq!(s.out(), [Out::Close(1001, "going away".into())]);
     assert_eq!(s.reg.holder("S"), None);
     assert_eq!(s.events(), [ServerEvent::Detached { source: "S".into() }]);
-    // Frames still in flight are ignored; commands are refused.
+    // Frames still in flight are ignored, but notifications the connector wrote before it
+    // read the close frame are kept (and not acknowledged: nothing follows a close frame).
     s.send(&ClientFrame::Validate { token: None });
     assert!(s.out().is_empty());
+    s.send(&ClientFrame::Notification {
+        source: "S".into(),
+        object: Json::from_string("{\"late\":1}".into()).unwrap(),
+    });
+    assert!(s.out().is_empty());
+    assert!(matches!(
+        &s.events()[..],
+        [ServerEvent::Notification { source, object }] if source == "S" && object.as_str() == "{\"late\":1}"
+    ));
     assert!(s.conn.send_raw(RawFrame::Text("x".into())).is_err());
     s.conn.handle_closed(s.t, &mut s.reg);
     assert_eq!(s.events(), [ServerEvent::Closed]);
