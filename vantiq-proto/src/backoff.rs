@@ -65,6 +65,7 @@ pub struct Backoff {
     /// Largest ceiling (default 30 s).
     pub max: Duration,
     /// How long a session must stay configured before the failure count resets (default 10 s).
+    /// A configured session the server closes with code 1000 or 1001 resets it too.
     pub stable_period: Duration,
 }
 
