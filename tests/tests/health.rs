@@ -81,7 +81,8 @@ async fn manual_declarations_and_probes<R: TestRuntime>() {
             json!({"status": "ready", "sources": {"alpha": "configured", "beta": "configured"}})
         )
     );
-    // A dropped source does not change a manual declaration (unlike the Java SDK, B25)…
+    // A dropped source does not change a manual declaration (unlike the Java SDK; see
+    // docs/design.md#d17-health)…
     kit.source("alpha").handle().refuse_connects(1_000);
     kit.source("alpha").drop_connection().await;
     until_state(&kit, &alpha, |s| s != ConnectionState::Configured).await;

@@ -700,9 +700,9 @@ fn a_reply_after_the_session_ended_is_refused_by_the_connection() {
     });
 }
 
-/// Design decisions on frames the peers never checked: a query naming another source is
-/// still answered (the caller would otherwise wait for its timeout), and a publish without
-/// `object` reaches the handler as null.
+/// Decisions on frames the peers never checked (docs/design.md#d22-frames-for-another-source):
+/// a query naming another source is still answered (the caller would otherwise wait for its
+/// timeout), and a publish without `object` reaches the handler as null.
 #[test]
 fn a_query_for_another_source_is_answered_and_a_publish_without_object_is_null() {
     let sim = SimRuntime::new();

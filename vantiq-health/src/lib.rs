@@ -11,12 +11,14 @@
 //!   healthy and 503 otherwise (readiness), both with a small JSON body listing the state of
 //!   each source.
 //!
-//! The state is a tri-state for the whole connector set (design row 17): *never declared*,
-//! *healthy*, *unhealthy*. [`Health::declare_healthy`] opens the TCP probe **before** it
-//! records the state, so a bind error is returned (its message names the port) and leaves
-//! the state unchanged — unlike the Python SDK, which records healthy first (B15).
+//! The state is a tri-state for the whole connector set: *never declared*, *healthy*,
+//! *unhealthy* (the reasons are in the repository's `docs/design.md#d17-health`).
+//! [`Health::declare_healthy`] opens the TCP probe **before** it records the state, so a bind
+//! error is returned (its message names the port) and leaves the state unchanged — unlike
+//! the Python SDK, which records healthy first and keeps claiming it after a failed bind.
 //! [`Health::declare_unhealthy`] closes the probe; when it returns, a connect is refused.
-//! Losing a session does not change the state by itself — unlike the Java SDK (B25). In
+//! Losing a session does not change the state by itself — unlike the Java SDK, which
+//! declares the connector unhealthy on every socket close. In
 //! **automatic mode** (`autoHealth=true`) the state follows the sources instead: healthy
 //! while every source is configured, so a connector needs no health code at all.
 //!
@@ -335,8 +337,8 @@ impl Health {
     /// it); a state never declared stays so. Sources and liveness are kept.
     ///
     /// Afterwards the probes can be opened again ([`Health::declare_healthy`],
-    /// [`Health::start_http`]) — unlike the Python SDK, whose closed probe can never reopen
-    /// (B15). A probe whose thread cannot be woken is detached (it exits on its next
+    /// [`Health::start_http`]) — unlike the Python SDK, whose closed probe can never
+    /// reopen. A probe whose thread cannot be woken is detached (it exits on its next
     /// connection) and the error kept in [`Health::last_error`].
     pub fn shutdown(&self) {
         self.inner.deferred.stop();

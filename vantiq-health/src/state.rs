@@ -11,7 +11,7 @@ use vantiq_proto::ConnectionState;
 use crate::HealthError;
 use crate::sync::lock;
 
-/// The connector's readiness: the tri-state of design row 17.
+/// The connector's readiness: the set-wide tri-state (`docs/design.md#d17-health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Readiness {
     /// Neither `declare_healthy` nor `declare_unhealthy` has succeeded yet.

@@ -150,7 +150,7 @@ fn manual_mode_ignores_the_sources() {
     assert_eq!(
         h.is_healthy(),
         Some(true),
-        "a lost session is not unhealthy (B25)"
+        "a lost session is not unhealthy (unlike the Java SDK)"
     );
     assert_open(h.tcp_probe_port().unwrap());
 }

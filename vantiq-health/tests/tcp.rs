@@ -154,7 +154,7 @@ fn bind_conflict_names_the_port_and_keeps_the_state() {
     assert_eq!(
         h.is_healthy(),
         None,
-        "a bind error leaves the state unchanged (B15)"
+        "a bind error leaves the state unchanged (unlike the Python SDK)"
     );
     assert_eq!(h.tcp_probe_port(), None);
     assert_eq!(h.probe_threads(), 0);
@@ -222,7 +222,7 @@ fn shutdown_then_declare_again_works() {
     );
     assert_eq!(h.tcp_probe_port(), None);
     assert_eq!(h.probe_threads(), 0);
-    // Unlike the Python SDK (B15), the probe reopens.
+    // Unlike the Python SDK's (docs/design.md#d17-health), the probe reopens.
     h.declare_healthy().unwrap();
     assert_eq!(h.is_healthy(), Some(true));
     assert_open(h.tcp_probe_port().unwrap());

@@ -1,9 +1,14 @@
 //! Reconnect back-off: exponential ceilings with full jitter, from a seeded generator.
 //!
 //! The n-th consecutive failure waits a uniformly random time in `[0, min(max, initial ×
-//! factor^(n-1))]` (AWS's "full jitter"). The counter is reset by the connection only after a
-//! session stayed configured for [`Backoff::stable_period`], so a server that drops every session
-//! right after configuring it sees ever longer gaps, never a hot loop.
+//! factor^(n-1))]` (AWS's "full jitter"). The connection resets the counter after a session
+//! stayed configured for [`Backoff::stable_period`], or when the server ended a configured
+//! session on purpose (close code 1000 or 1001, as a restarting Vantiq does); the attempt after
+//! such a clean end still waits at least half of [`Backoff::initial`]. So a server that drops
+//! every session right after configuring it sees ever longer gaps (or, when it closes them
+//! cleanly, a few attempts per second at most), never a hot loop, while clean restarts are
+//! followed by a quick reconnect. The reasoning is in the repository's
+//! `docs/design.md#d7-reconnect-back-off`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -60,6 +65,7 @@ pub struct Backoff {
     /// Largest ceiling (default 30 s).
     pub max: Duration,
     /// How long a session must stay configured before the failure count resets (default 10 s).
+    /// A configured session the server closes with code 1000 or 1001 resets it too.
     pub stable_period: Duration,
 }
 

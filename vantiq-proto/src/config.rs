@@ -28,7 +28,7 @@ pub const TOKEN_ENV: &str = "CONNECTOR_AUTH_TOKEN";
 
 /// Keys of `server.config` this SDK reads.
 pub mod keys {
-    /// The Vantiq server (URL, normalised per design row 3).
+    /// The Vantiq server (URL, normalised as [`TargetUrl`](crate::TargetUrl) describes).
     pub const TARGET_SERVER: &str = "targetServer";
     /// The access token.
     pub const AUTH_TOKEN: &str = "authToken";

@@ -13,6 +13,11 @@
 //! protocol in the same sans-IO style, and `testing` (feature `test-util`), which pairs a
 //! `Connection` with that server over a simulated link in virtual time.
 //!
+//! Why the connection behaves as it does (back-off, bounds, liveness, every query answered,
+//! and where Vantiq's Java and Python SDKs differ) is in the repository's design document,
+//! `docs/design.md`; its section `#calling-contracts` also describes how the SDK's own
+//! driver meets the contract below.
+//!
 //! # Calling contract
 //!
 //! A [`Connection`] is fed *inputs* and *commands* and produces *outputs*:

@@ -1,11 +1,12 @@
 //! The WebSocket URL derived from `targetServer`.
 //!
-//! Rules (design row 3): the scheme is case-insensitive; `http` becomes `ws`, `https` becomes
-//! `wss`, `ws`/`wss` are kept and a missing scheme means `wss`. Host and port are kept as
-//! written. The path becomes `/api/v1/wsock/websocket` unless it already is
+//! Rules: the scheme is case-insensitive; `http` becomes `ws`, `https` becomes `wss`,
+//! `ws`/`wss` are kept and a missing scheme means `wss`. Host and port are kept as written.
+//! The path becomes `/api/v1/wsock/websocket` unless it already is
 //! `/api/v<digits>/wsock/websocket` (a trailing slash is tolerated and dropped). A query is
 //! kept; a fragment is dropped (it never reaches the server). Anything that does not give a
-//! host is an error naming `targetServer`.
+//! host is an error naming `targetServer`. The reasons, and how the Java and Python SDKs
+//! differ, are in the repository's `docs/design.md#d3-target-url`.
 //!
 //! ```
 //! use vantiq_proto::TargetUrl;
@@ -257,11 +258,12 @@ mod tests {
         }
     }
 
-    /// Every row of protocol.md 1.2, plus our own edge cases, with the result we choose.
+    /// The inputs the Java and Python SDKs were checked with (each mangles some of them; see
+    /// docs/design.md#url-examples), plus our own edge cases, with the result we choose.
     #[test]
     fn normalisation_table() {
         let rows: &[(&str, &str)] = &[
-            // protocol.md 1.2
+            // The inputs the peer SDKs were checked with.
             (
                 "https://dev.vantiq.com",
                 "wss://dev.vantiq.com/api/v1/wsock/websocket",

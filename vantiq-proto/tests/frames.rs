@@ -1,4 +1,6 @@
-//! Golden tests: every frame of protocol.md, in both directions, decoded and encoded.
+//! Golden tests: every frame of the protocol (docs/design.md#wire-protocol-in-brief), in both
+//! directions, decoded and encoded: as the real server, the Java SDK and the Python SDK and its
+//! test server write them.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,7 +20,8 @@ fn json(s: &str) -> Json {
 
 #[test]
 fn auth_success_reply_with_user_info() {
-    // protocol.md 4.1 (fixture + issue #158 log)
+    // The real server's reply to `validate`, as the Java SDK's test fixtures and a user's log
+    // (Vantiq/vantiq-extension-sources#158) show it.
     let text = r#"{"status":200,"contentType":"application/json",
      "body":{"anonymous":false,"userInfo":{"accessToken":"tok","idToken":"a.b.c","username":"u",
        "preferredUsername":"u","namespace":"ns","homeNamespace":"ns","createdBy":"x","userType":"node",
@@ -34,7 +37,7 @@ fn auth_success_reply_with_user_info() {
 
 #[test]
 fn auth_failure_reply_error_list() {
-    // protocol.md 4.1: the Python test server's exact frame, and a real error list.
+    // A rejected token: the Python SDK's test server's exact frame, and a real error list.
     let f = ServerFrame::decode(
         br#"{"status": 401, "body": [{"code": "authFailure", "message": "invalid authToken"}]}"#,
     )
@@ -59,7 +62,7 @@ fn auth_failure_reply_error_list() {
 
 #[test]
 fn configure_extension_with_bookkeeping() {
-    // protocol.md 4.2, as the real server sends it.
+    // `configureExtension` as the real server sends it, bookkeeping fields included.
     let text = r#"{"op":"configureExtension","resourceName":"sources","resourceId":"MySource",
        "object":{"config":{"mySection":{"a":1},"vantiq":{"packageRows":"true"}}},
        "isSystemResource":true,"parameters":{},"contentType":"application/json","skipMonitoring":false,
@@ -75,7 +78,8 @@ fn configure_extension_with_bookkeeping() {
 
 #[test]
 fn configure_extension_python_test_server_form() {
-    // No resourceName/resourceId (the Python test server's frame; Java would crash, B21).
+    // No resourceName/resourceId (the Python test server's frame; the Java SDK's listener
+    // throws on it, see docs/design.md#d2-lenient-decoding).
     assert_eq!(
         ServerFrame::decode(
             br#"{"op": "configureExtension", "object": {"config": {"someProp": "message content"}}}"#
@@ -410,7 +414,8 @@ fn client_frames_exact_compact_text() {
 
 #[test]
 fn java_long_form_client_frames_decode() {
-    // protocol.md 3.3 / 3.4: what the Java SDK puts on the wire.
+    // `connectExtension` and `notification` as the Java SDK puts them on the wire (extra keys,
+    // nulls, a duplicate `sourceName`).
     let connect = r#"{"address":"","messageHeaders":{},"namespaceName":null,"locale":null,"op":"connectExtension",
      "resourceName":"sources","resourceId":"S","parameters":{"reconnectSecret":"a1b2"},
      "object":null,"contentType":"application/json; charset=utf-8","responseType":null,"sourceName":"S"}"#;

@@ -41,7 +41,8 @@ impl PythonConnector {
             std::process::id()
         ));
         std::fs::create_dir_all(dir.join("serverConfig")).unwrap();
-        // No `sendPings` key: the Python SDK turns pings on for any value of it (bug B1).
+        // No `sendPings` key: the Python SDK turns pings on for any value of it, `false`
+        // included (docs/design.md#d9-keep-alive-pings).
         std::fs::write(
             dir.join("serverConfig/server.config"),
             format!("targetServer={target}\nauthToken={TOKEN}\nsources=Echo\n"),

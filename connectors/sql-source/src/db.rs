@@ -5,9 +5,9 @@
 //! SQL text a JDBC `Statement` takes works, several statements separated by `;` included,
 //! and rows stream from the server as they are read, so a large result is never held whole.
 //!
-//! Reconnection (the Java connector's issue #158): PostgreSQL connections are checked before
-//! each use and re-opened by the pool; while the server is unreachable each operation fails
-//! after [`ACQUIRE_TIMEOUT`] with a clear error. A SQLite database *file* that is removed or
+//! Reconnection (the Java connector's issue Vantiq/vantiq-extension-sources#158): PostgreSQL
+//! connections are checked before each use and re-opened by the pool; while the server is
+//! unreachable each operation fails after [`ACQUIRE_TIMEOUT`] with a clear error. A SQLite database *file* that is removed or
 //! replaced is noticed before the next operation: the old pool (whose connections still see
 //! the deleted file) is closed, operations fail with an error naming the file until it is
 //! back, and then a fresh pool opens it. It is never silently re-created empty.
