@@ -140,3 +140,8 @@ pub struct ReadmeDoctests;
 
 /// A connector set on tokio. See [`vantiq_connector::ConnectorSet`].
 pub type ConnectorSet = vantiq_connector::ConnectorSet<Tokio>;
+
+/// The code blocks of docs/guide.md, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+pub struct GuideDoctests;
