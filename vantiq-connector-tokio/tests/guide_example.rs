@@ -1,7 +1,7 @@
 //! The test of docs/guide.md ("Test your connector"), which shows this file whole:
 //! `tests/guide.rs` checks that the two stay identical.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -47,7 +47,11 @@ impl Handler for Thermostat {
         // `.await` would make the handler's future not `Send`.
         let rows: Vec<_> = {
             let all = self.set_points.lock().unwrap();
-            all.iter().rev().take(last).map(|v| json!({ "setPoint": v })).collect()
+            all.iter()
+                .rev()
+                .take(last)
+                .map(|v| json!({ "setPoint": v }))
+                .collect()
         };
         query.stream(rows).await?;
         Ok(())
