@@ -15,8 +15,10 @@
 //! Add [`SECRET_SAFE_LOG_DIRECTIVE`] to your filter: the WebSocket library logs every frame,
 //! the token included, at `trace`.
 //!
-//! Start with the guide, `docs/guide.md` in the repository (its examples use tokio; only the
-//! import and `smol::block_on` differ).
+//! Start with [the guide] (`docs/guide.md`; its examples use tokio, only the import and
+//! `smol::block_on` differ).
+//!
+//! [the guide]: https://github.com/vantiq-rs/vantiq-connector-rs/blob/main/docs/guide.md
 //!
 //! # Example
 //!

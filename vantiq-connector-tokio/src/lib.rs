@@ -9,9 +9,11 @@
 //! the binding to tokio's TCP, timers and tasks. Connector code moves to
 //! `vantiq-connector-smol` by changing this import and nothing else.
 //!
-//! Start with the guide, `docs/guide.md` in the repository: from an empty crate to a tested,
+//! Start with [the guide] (`docs/guide.md`): from an empty crate to a tested,
 //! deployed connector. The SQL source connector (`connectors/sql-source`) is a complete one
 //! to copy from; `vantiq-testkit` is the embedded Vantiq server to test against.
+//!
+//! [the guide]: https://github.com/vantiq-rs/vantiq-connector-rs/blob/main/docs/guide.md
 //!
 //! # Example
 //!

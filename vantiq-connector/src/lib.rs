@@ -7,8 +7,10 @@
 //! everything the two share, so nothing is written twice: the transport (rustls TLS and
 //! async-tungstenite over `futures-io`) and the driver loop that binds a
 //! `vantiq_proto::Connection` to a socket, behind the API below. A runtime crate supplies only
-//! a [`Runtime`]: TCP connect, a timer, and spawn. The guide, `docs/guide.md` in the
-//! repository, walks through writing a connector with it.
+//! a [`Runtime`]: TCP connect, a timer, and spawn. [The guide] (`docs/guide.md`) walks
+//! through writing a connector with it.
+//!
+//! [the guide]: https://github.com/vantiq-rs/vantiq-connector-rs/blob/main/docs/guide.md
 //!
 //! # Where things are
 //!

@@ -61,9 +61,11 @@
 //! `server.config` at [`TestServer::url`] (with `tcpProbePort = 0`, so that tests running
 //! at once do not share a probe port), runs the connector in a task, and plays Vantiq's part
 //! through [`SourceHandle`]: wait for the connector to be configured, publish, query, read
-//! the notifications, and check the close frames after a shutdown. The guide of the
-//! repository (`docs/guide.md`, "Test your connector") shows a whole one, which is also
+//! the notifications, and check the close frames after a shutdown. [The guide]
+//! (`docs/guide.md`, "Test your connector") shows a whole one, which is also
 //! `vantiq-connector-tokio/tests/guide_example.rs`. This crate has no feature flags.
+//!
+//! [the guide]: https://github.com/vantiq-rs/vantiq-connector-rs/blob/main/docs/guide.md
 //!
 //! # Example
 //!
