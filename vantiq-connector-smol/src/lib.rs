@@ -15,10 +15,35 @@
 //! Add [`SECRET_SAFE_LOG_DIRECTIVE`] to your filter: the WebSocket library logs every frame,
 //! the token included, at `trace`.
 //!
+//! Start with [the guide] (`docs/guide.md`; its examples use tokio, only the import and
+//! `smol::block_on` differ).
+//!
+//! [the guide]: https://github.com/vantiq-rs/vantiq-connector-rs/blob/main/docs/guide.md
+//!
 //! # Example
 //!
-//! An echo connector: it reads `serverConfig/server.config` (or `./server.config`), serves
-//! every source listed there, and echoes publishes back as notifications.
+//! An echo connector: it reads its `server.config` (`$VANTIQ_SERVER_CONFIG`, else
+//! `serverConfig/server.config` or `./server.config`), serves every source listed there,
+//! echoes publishes back as notifications, and stops cleanly on SIGINT or SIGTERM.
+//!
+//! ```ignore
+//! use vantiq_connector_smol::{ConnectorError, ConnectorSet};
+//!
+//! fn main() -> Result<(), ConnectorError> {
+//!     smol::block_on(async {
+//!         ConnectorSet::from_default_config()?
+//!             .on_publish(|source, message| async move {
+//!                 source.notify_json(message).await?;
+//!                 Ok(())
+//!             })
+//!             .shutdown_on_signals() // close with 1000, flush queued notifications
+//!             .run()
+//!             .await
+//!     })
+//! }
+//! ```
+//!
+//! The same without signal handling, stopped by a [`ShutdownHandle`] of your own:
 //!
 //! ```no_run
 //! use vantiq_connector_smol::{ConnectorError, ConnectorSet};
@@ -30,10 +55,17 @@
 //!                 source.notify_json(message).await?;
 //!                 Ok(())
 //!             });
+//!         let stop = set.shutdown_handle(); // stop.shutdown() from anywhere
+//!         # drop(stop);
 //!         set.run().await
 //!     })
 //! }
 //! ```
+//!
+//! # Feature flags
+//!
+//! * `webpki-roots` (default): trust the Mozilla root certificates compiled in.
+//! * `native-roots`: also trust the operating system's root certificates.
 
 use std::io;
 use std::sync::Once;

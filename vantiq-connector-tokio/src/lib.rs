@@ -1,26 +1,37 @@
 //! Build Vantiq extension-source connectors on [tokio](https://tokio.rs).
 //!
-//! This crate is the whole SDK with the tokio runtime filled in: it re-exports the API of
-//! `vantiq-connector` (handlers, [`Source`] and [`Query`] handles, health, shutdown) and adds
-//! [`Tokio`], the binding to tokio's TCP, timers and tasks. Connector code moves to
+//! A connector is a program that connects out to a Vantiq server, serves one or more
+//! *sources* there, and handles what Vantiq sends them: their configuration, publishes
+//! (`PUBLISH … TO SOURCE`) and queries (`SELECT … FROM SOURCE`), while it sends
+//! notifications that Vantiq rules react to. This crate is the whole SDK with the tokio
+//! runtime filled in: it re-exports the API of `vantiq-connector` ([`ConnectorSet`],
+//! [`Handler`], the [`Source`] and [`Query`] handles, health, shutdown) and adds [`Tokio`],
+//! the binding to tokio's TCP, timers and tasks. Connector code moves to
 //! `vantiq-connector-smol` by changing this import and nothing else.
 //!
-//! Logging at `trace` with a `log` bridge (tracing-subscriber's default features, env_logger)?
-//! Add [`SECRET_SAFE_LOG_DIRECTIVE`] to your filter: the WebSocket library logs every frame,
-//! the token included, at `trace`.
+//! Start with [the guide] (`docs/guide.md`): from an empty crate to a tested,
+//! deployed connector. The SQL source connector (`connectors/sql-source`) is a complete one
+//! to copy from; `vantiq-testkit` is the embedded Vantiq server to test against.
+//!
+//! [the guide]: https://github.com/vantiq-rs/vantiq-connector-rs/blob/main/docs/guide.md
 //!
 //! # Example
 //!
-//! An echo connector: it reads `serverConfig/server.config` (or `./server.config`), serves
-//! every source listed there, echoes publishes back as notifications, answers queries, and
-//! stops cleanly on Ctrl-C.
+//! An echo connector: it reads its `server.config` (`$VANTIQ_SERVER_CONFIG`, else
+//! `serverConfig/server.config` or `./server.config`), serves every source listed there,
+//! echoes publishes back as notifications, answers queries with rows, and stops cleanly on
+//! SIGINT or SIGTERM.
 //!
-//! ```no_run
-//! use vantiq_connector_tokio::{ConnectorError, ConnectorSet, QueryError};
+//! ```ignore
+//! use vantiq_connector_tokio::{ConnectorSet, QueryError, SECRET_SAFE_LOG_DIRECTIVE};
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), ConnectorError> {
-//!     let set = ConnectorSet::from_default_config()?
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+//!         .unwrap_or_else(|_| "info".into())
+//!         .add_directive(SECRET_SAFE_LOG_DIRECTIVE.parse()?);
+//!     tracing_subscriber::fmt().with_env_filter(filter).init();
+//!     ConnectorSet::from_default_config()?
 //!         .on_connect(|source, config| async move {
 //!             source.notify(&serde_json::json!({"connected": true, "config": config})).await?;
 //!             Ok(())
@@ -38,15 +49,51 @@
 //!                 query.stream((0..rows).map(|i| serde_json::json!({"i": i}))).await?;
 //!             }
 //!             Ok(())
-//!         });
+//!         })
+//!         .shutdown_on_signals() // close with 1000, flush queued notifications
+//!         .run()
+//!         .await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! To stop for reasons of your own, take a [`ShutdownHandle`] before `run`:
+//!
+//! ```no_run
+//! use vantiq_connector_tokio::{ConnectorError, ConnectorSet};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), ConnectorError> {
+//!     let set = ConnectorSet::from_default_config()?.on_publish(|source, message| async move {
+//!         source.notify_json(message).await?;
+//!         Ok(())
+//!     });
 //!     let stop = set.shutdown_handle();
 //!     tokio::spawn(async move {
-//!         let _ = tokio::signal::ctrl_c().await;
-//!         stop.shutdown();
+//!         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+//!         stop.shutdown(); // sockets close with 1000, queued notifications are flushed
 //!     });
 //!     set.run().await
 //! }
 //! ```
+//!
+//! # Logs and secrets
+//!
+//! The SDK logs through `tracing`, one span per source. Logging at `trace` with a `log`
+//! bridge (tracing-subscriber's default features, env_logger)? Add
+//! [`SECRET_SAFE_LOG_DIRECTIVE`] to your filter, as above: the WebSocket library logs every
+//! frame, the token included, at `trace`.
+//!
+//! # Feature flags
+//!
+//! * `webpki-roots` (default): trust the Mozilla root certificates compiled in.
+//! * `native-roots`: also trust the operating system's root certificates.
+//!
+//! # Virtual time
+//!
+//! The connector's clock is tokio's: under tokio's paused time (`#[tokio::test(start_paused
+//! = true)]`, `tokio::time::pause`) every deadline of the SDK — keep-alive, back-off,
+//! timeouts — runs on virtual time.
 
 use std::io;
 use std::pin::Pin;
@@ -140,3 +187,8 @@ pub struct ReadmeDoctests;
 
 /// A connector set on tokio. See [`vantiq_connector::ConnectorSet`].
 pub type ConnectorSet = vantiq_connector::ConnectorSet<Tokio>;
+
+/// The code blocks of docs/guide.md, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+pub struct GuideDoctests;

@@ -1,12 +1,47 @@
-//! The runtime-neutral layer of the Vantiq connector SDK.
+//! The runtime-neutral layer of the Vantiq connector SDK: handlers, source and query
+//! handles, the connector set and the driver that runs it, for any async runtime.
 //!
 //! You do not depend on this crate directly: depend on `vantiq-connector-tokio` or
-//! `vantiq-connector-smol`, which re-export all of it with their runtime filled in. It holds
-//! everything the two share, so nothing is written twice: the [`Handler`] trait and the
-//! closure form, the [`Source`] and [`Query`] handles, the [`ConnectorSet`] with health and
-//! shutdown, the transport (rustls TLS and async-tungstenite over `futures-io`), and the
-//! driver loop that binds a `vantiq_proto::Connection` to a socket. A runtime crate supplies
-//! only a [`Runtime`]: TCP connect, a timer, and spawn.
+//! `vantiq-connector-smol`, which re-export all of it with their runtime filled in (so
+//! `vantiq_connector_tokio::ConnectorSet` is this crate's [`ConnectorSet`] on tokio). It holds
+//! everything the two share, so nothing is written twice: the transport (rustls TLS and
+//! async-tungstenite over `futures-io`) and the driver loop that binds a
+//! `vantiq_proto::Connection` to a socket, behind the API below. A runtime crate supplies only
+//! a [`Runtime`]: TCP connect, a timer, and spawn. [The guide] (`docs/guide.md`) walks
+//! through writing a connector with it.
+//!
+//! [the guide]: https://github.com/vantiq-rs/vantiq-connector-rs/blob/main/docs/guide.md
+//!
+//! # Where things are
+//!
+//! * **The connector**: [`ConnectorSet`] (every source of a `server.config`, their handlers,
+//!   health, `run`), [`ShutdownHandle`], [`ConnectorError`]; the configuration
+//!   [`ServerConfig`], read by [`load_config_file`] and [`load_config_from_dir`].
+//! * **Your code**: the [`Handler`] trait (or closures given to `ConnectorSet::on_*`),
+//!   [`HandlerResult`] and [`HandlerError`].
+//! * **Notifications**: [`Source`] (a handle on one source, from any task),
+//!   [`NotifyError`], [`TryNotifyError`], [`Stopped`].
+//! * **Queries**: [`Query`] (the handle that answers one), [`QueryError`] (an error reply),
+//!   [`ReplyError`] (a refused reply), the codes of the automatic answers
+//!   ([`NO_HANDLER_CODE`], [`HANDLER_FAILED_CODE`], [`DROPPED_CODE`]).
+//! * **Data**: [`Json`], JSON text kept as it came, parsed on demand.
+//! * **State and health**: [`ConnectionState`], [`DisconnectReason`], [`FatalError`],
+//!   [`Failure`]; [`Health`], [`HealthConfig`], [`HealthReport`], [`Readiness`],
+//!   [`HealthError`] (from `vantiq-health`).
+//! * **Tuning**: [`TransportOptions`] (message size, buffers, TLS roots
+//!   with [`CertificateDer`] and [`PemObject`]), [`ConnectionConfig`] with [`Backoff`],
+//!   [`KeepAlive`] and [`Limits`] (through [`ConnectorSet::connection_config`]).
+//! * **Lower level**: [`proto`], the sans-IO protocol core this layer drives; [`Runtime`],
+//!   [`Timer`] and [`BoxFuture`], to bind another runtime.
+//!
+//! # Feature flags
+//!
+//! * `webpki-roots` (default): trust the Mozilla root certificates compiled in.
+//! * `native-roots`: also trust the operating system's root certificates.
+//! * `test-util`: the `test_util` module, a runtime with a virtual clock and in-memory
+//!   sockets for tests of the driver and of connectors. Not for production code.
+//!
+//! The runtime crates forward `webpki-roots` and `native-roots`.
 //!
 //! # Secrets and logs
 //!
@@ -19,49 +54,30 @@
 //!
 //! # Example
 //!
-//! A complete connector (with the tokio runtime crate, which re-exports this API):
+//! A connector's behaviour, written once for any runtime (a runtime crate's `main` builds
+//! the set with `ConnectorSet::from_default_config()` and runs it):
 //!
-//! ```no_run
-//! # use vantiq_connector as vantiq_connector_tokio;
-//! # type ConnectorSet = vantiq_connector::ConnectorSet<MyRuntime>;
-//! # #[derive(Clone, Default)] struct MyRuntime;
-//! # impl vantiq_connector::Runtime for MyRuntime {
-//! #     type Tcp = futures_util::io::Cursor<Vec<u8>>;
-//! #     type Timer = NoTimer;
-//! #     type Task = futures_util::future::Ready<()>;
-//! #     fn connect_tcp(&self, _: String, _: u16) -> vantiq_connector::BoxFuture<'static, std::io::Result<Self::Tcp>> { unimplemented!() }
-//! #     fn now(&self) -> std::time::Instant { unimplemented!() }
-//! #     fn timer(&self, _: std::time::Instant) -> NoTimer { NoTimer }
-//! #     fn spawn(&self, _: vantiq_connector::BoxFuture<'static, ()>) -> Self::Task { unimplemented!() }
-//! # }
-//! # struct NoTimer;
-//! # impl vantiq_connector::Timer for NoTimer {
-//! #     fn reset(&mut self, _: std::time::Instant) {}
-//! #     fn poll_fired(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<()> { std::task::Poll::Pending }
-//! # }
-//! use vantiq_connector_tokio::{QueryError, ConnectorError};
+//! ```
+//! use vantiq_connector::{ConnectorSet, QueryError, Runtime};
 //!
-//! async fn main_() -> Result<(), ConnectorError> {
-//!     let set = ConnectorSet::from_default_config()?
-//!         .on_connect(|source, config| async move {
-//!             source.notify(&serde_json::json!({"connected": true, "config": config})).await?;
-//!             Ok(())
-//!         })
-//!         .on_publish(|source, message| async move {
-//!             source.notify_json(message).await?;
-//!             Ok(())
-//!         })
-//!         .on_query(|_source, query| async move {
-//!             let n: u64 = query.params().try_to_value()?["rows"].as_u64().unwrap_or(0);
-//!             if n > 1000 {
-//!                 query.error(QueryError::new("demo.tooMany", "{0} rows is too many", [n])).await?;
-//!             } else {
-//!                 query.stream((0..n).map(|i| serde_json::json!({"i": i}))).await?;
-//!             }
-//!             Ok(())
-//!         });
-//!     let stop = set.shutdown_handle(); // call stop.shutdown() on Ctrl-C
-//!     set.run().await
+//! fn echo<R: Runtime>(set: ConnectorSet<R>) -> ConnectorSet<R> {
+//!     set.on_connect(|source, config| async move {
+//!         source.notify(&serde_json::json!({"connected": true, "config": config})).await?;
+//!         Ok(())
+//!     })
+//!     .on_publish(|source, message| async move {
+//!         source.notify_json(message).await?; // the published object, back as an event
+//!         Ok(())
+//!     })
+//!     .on_query(|_source, query| async move {
+//!         let n = query.params().try_to_value()?["rows"].as_u64().unwrap_or(0);
+//!         if n > 1000 {
+//!             query.error(QueryError::new("demo.tooMany", "{0} rows is too many", [n])).await?;
+//!         } else {
+//!             query.stream((0..n).map(|i| serde_json::json!({"i": i}))).await?;
+//!         }
+//!         Ok(())
+//!     })
 //! }
 //! ```
 

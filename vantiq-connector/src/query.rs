@@ -55,6 +55,32 @@ pub(crate) fn dropped_error(source: &str) -> QueryError {
 /// error or panicked, `io.vantiq.connector.queryFailed` with the error's text), so the VAIL
 /// caller never waits for its timeout. A `Query` is `Send + 'static`: move it into a task
 /// to answer later.
+///
+/// # Example
+///
+/// Typed parameters, an error reply for a bad request, and rows streamed in replies cut to
+/// the byte budget:
+///
+/// ```
+/// use serde::Deserialize;
+/// use vantiq_connector::{HandlerResult, Query, QueryError};
+///
+/// #[derive(Deserialize)]
+/// struct Range {
+///     from: u64,
+///     to: u64,
+/// }
+///
+/// async fn answer(query: Query) -> HandlerResult {
+///     let Ok(Range { from, to }) = query.parse::<Range>() else {
+///         let e = QueryError::new("demo.badRange", "Expected WITH {0}", ["from = <n>, to = <n>"]);
+///         query.error(e).await?;
+///         return Ok(());
+///     };
+///     query.stream((from..to).map(|i| serde_json::json!({ "i": i }))).await?;
+///     Ok(())
+/// }
+/// ```
 pub struct Query {
     id: QueryId,
     params: Json,

@@ -102,6 +102,32 @@ type Tweak = Box<dyn Fn(&mut ConnectionConfig) + Send + Sync>;
 /// [`Handler`] for all or per source), take [`Source`] handles and the [`ShutdownHandle`] as
 /// needed, then `run` it. The runtime crates (`vantiq-connector-tokio`,
 /// `vantiq-connector-smol`) name this type with their runtime filled in.
+///
+/// # Example
+///
+/// A set with a handler per source, and notifications sent from outside the handlers,
+/// written for any runtime:
+///
+/// ```
+/// use vantiq_connector::{ConnectorError, ConnectorSet, Handler, Runtime};
+///
+/// struct Thermo;
+/// impl Handler for Thermo {}
+/// struct Pumps;
+/// impl Handler for Pumps {}
+///
+/// async fn serve<R: Runtime>(set: ConnectorSet<R>) -> Result<(), ConnectorError> {
+///     let thermo = set.source("Thermo").expect("`sources` lists Thermo");
+///     let hello = async move {
+///         // Kept until the session begins, then sent; `Err` once the set has stopped.
+///         let _ = thermo.notify(&serde_json::json!({"started": true})).await;
+///     };
+///     let set = set.source_handler("Thermo", Thermo).source_handler("Pumps", Pumps);
+///     // `run` lasts until a ShutdownHandle stops the set, or a fatal error.
+///     let (result, ()) = futures_util::future::join(set.run(), hello).await;
+///     result
+/// }
+/// ```
 pub struct ConnectorSet<R: Runtime> {
     runtime: R,
     config: ServerConfig,

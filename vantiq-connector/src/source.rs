@@ -61,6 +61,28 @@ pub(crate) struct SourceShared {
 /// A handle on one source of a connector set: its name and state, and the way to send it
 /// notifications. Cheap to clone; usable from any task or thread, before or while the set
 /// runs.
+///
+/// Handlers receive it with every call; other tasks take it from
+/// [`ConnectorSet::source`](crate::ConnectorSet::source) or
+/// [`ConnectorSet::sources`](crate::ConnectorSet::sources) before the set runs.
+///
+/// # Example
+///
+/// A task that forwards readings as notifications until the connector stops:
+///
+/// ```
+/// use vantiq_connector::{NotifyError, Source};
+///
+/// async fn forward(source: Source, readings: async_channel::Receiver<f64>) {
+///     while let Ok(value) = readings.recv().await {
+///         match source.notify(&serde_json::json!({ "value": value })).await {
+///             Ok(()) => {}
+///             Err(NotifyError::Closed) => return, // the connector has stopped
+///             Err(e) => tracing::warn!(source = source.name(), error = %e, "not sent"),
+///         }
+///     }
+/// }
+/// ```
 #[derive(Clone)]
 pub struct Source(pub(crate) Arc<SourceShared>);
 

@@ -28,6 +28,11 @@
 //! prompt and leave no thread or socket behind. [`Health::shutdown`] (or dropping the last
 //! clone of a [`Health`]) stops everything; afterwards the probes can be opened again.
 //!
+//! The connector set of `vantiq-connector` (re-exported by the runtime crates) builds and
+//! drives a [`Health`] from `server.config` by itself; a connector only declares healthy or
+//! unhealthy through `ConnectorSet::health()`, or sets `autoHealth=true`. Use this crate
+//! directly for probes around a runtime or transport of your own. It has no feature flags.
+//!
 //! # Example
 //!
 //! ```

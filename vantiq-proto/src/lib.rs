@@ -9,9 +9,18 @@
 //! `vantiq-connector-smol`) drive it over real WebSockets; you can drive it over any
 //! transport you like (see `examples/blocking.rs` for one on a plain blocking socket).
 //!
-//! Two optional modules serve tests: `server` (feature `server`), the server side of the
-//! protocol in the same sans-IO style, and `testing` (feature `test-util`), which pairs a
-//! `Connection` with that server over a simulated link in virtual time.
+//! Connectors do not depend on this crate directly: `vantiq-connector-tokio` and
+//! `vantiq-connector-smol` do, and re-export what a connector needs (the whole crate as
+//! `proto`). Depend on it to build a transport of your own, or to test at the protocol level.
+//!
+//! # Feature flags
+//!
+//! * `server`: the `server` module, the server side of the protocol in the same sans-IO
+//!   style (a registry of sources and one `ServerConnection` per socket), for test servers
+//!   and simulations. Connectors do not need it.
+//! * `test-util` (implies `server`): the `testing` module, which pairs a `Connection` with
+//!   that server over a simulated link in virtual time, and a checked driver for property
+//!   tests and fuzzing.
 //!
 //! Why the connection behaves as it does (back-off, bounds, liveness, every query answered,
 //! and where Vantiq's Java and Python SDKs differ) is in the repository's design document,

@@ -55,6 +55,18 @@
 //!   `POST /api/v1/resources/sources/{name}/query` answers `200` with the rows, or a Vantiq
 //!   error list `[{"code","message","params"}]` (the connector's query error as status 400).
 //!
+//! # Testing a connector
+//!
+//! A connector's test starts a [`TestServer`] with its sources, points the connector's
+//! `server.config` at [`TestServer::url`] (with `tcpProbePort = 0`, so that tests running
+//! at once do not share a probe port), runs the connector in a task, and plays Vantiq's part
+//! through [`SourceHandle`]: wait for the connector to be configured, publish, query, read
+//! the notifications, and check the close frames after a shutdown. [The guide]
+//! (`docs/guide.md`, "Test your connector") shows a whole one, which is also
+//! `vantiq-connector-tokio/tests/guide_example.rs`. This crate has no feature flags.
+//!
+//! [the guide]: https://github.com/vantiq-rs/vantiq-connector-rs/blob/main/docs/guide.md
+//!
 //! # Example
 //!
 //! A server with one source, and a hand-written client doing the handshake a connector does:

@@ -120,8 +120,45 @@ struct Socket {
 
 /// One source's connection to Vantiq: a sans-IO state machine spanning many sockets.
 ///
-/// See the [crate documentation](crate) for the calling contract. `Debug` shows the state
-/// and the queue sizes, never a frame's content.
+/// See the [crate documentation](crate) for the calling contract and a handshake step by
+/// step. `Debug` shows the state and the queue sizes, never a frame's content.
+///
+/// # Example
+///
+/// The shape of a driver: after every input, perform the socket actions in order, hand the
+/// events to the application, and wake up again at the instant the connection asks for.
+///
+/// ```
+/// use std::time::Instant;
+/// use vantiq_proto::{Connection, Event, Transmit};
+///
+/// /// One turn of a driver; returns when to call `handle_timeout` next.
+/// fn turn(conn: &mut Connection, socket_writable: bool) -> Option<Instant> {
+///     while let Some(action) = conn.poll_transmit(socket_writable) {
+///         match action {
+///             Transmit::Connect { url } => { /* open a WebSocket to `url`; report the
+///                                             outcome with handle_open or handle_closed */ }
+///             Transmit::Frame(text) => { /* write `text` as one frame */ }
+///             Transmit::Ping { payload } => { /* send a ping carrying `payload` */ }
+///             Transmit::Close { code, reason } => { /* send a close frame, let go of the socket */ }
+///             Transmit::Abort => { /* drop the socket (or the attempt to open one) */ }
+///         }
+///     }
+///     while let Some(event) = conn.poll_event() {
+///         match event {
+///             Event::Configured { config } => { /* the source's configuration */ }
+///             Event::Publish { object } => { /* a publish for the application */ }
+///             Event::Query { id, params, reply_address } => {
+///                 /* answer later with conn.respond(id, Reply::…) */
+///             }
+///             Event::Disconnected { reason } => { /* the session ended; it reconnects */ }
+///             Event::Closed { error, undelivered } => { /* the end, for good */ }
+///         }
+///     }
+///     conn.poll_timeout()
+/// }
+/// # let _ = turn;
+/// ```
 pub struct Connection {
     config: ConnectionConfig,
     state: State,
