@@ -41,7 +41,7 @@ impl Default for KeepAlive {
 /// [`Connection`](crate::Connection) enforces the first five; the last four are for its
 /// driver (the SDK's runtime crates honour them; a custom driver should too). With the
 /// defaults one source holds at most about 13 MiB plus one message of each kind, so the
-/// sample Kubernetes Deployment (128 MiB, two sources) keeps its margin.
+/// sample Kubernetes Deployment (128 MiB, one source) keeps its margin with several sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
