@@ -220,7 +220,7 @@ fn a_dead_link_is_detected_while_the_handler_is_behind() {
         )
         .unwrap();
         let set = ConnectorSet::with_runtime(runtime, config)
-            .handler(vantiq_connector::echo::Echo::without_health())
+            .handler(vantiq_connector::test_util::echo::Echo::without_health())
             .connection_config(|c| {
                 c.keepalive = Some(vantiq_connector::KeepAlive::new(
                     Duration::from_millis(50),

@@ -67,7 +67,6 @@
 
 mod command;
 mod driver;
-pub mod echo;
 mod handler;
 mod lane;
 mod query;

@@ -10,9 +10,13 @@
 //!   simply one that does not read: the pipe fills and writes wait, as with a full TCP
 //!   window.
 //!
+//! * [`echo::Echo`]: the reference echo connector, a handler with a fixed contract for
+//!   examples, end-to-end tests and benchmarks.
+//!
 //! The test plays the server on the other end of each pipe, for instance with
 //! `async_tungstenite::accept_async(sim.accept().await)`.
 
+pub mod echo;
 mod pipe;
 mod sim;
 
