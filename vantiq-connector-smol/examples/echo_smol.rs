@@ -10,8 +10,8 @@
 
 use std::process::ExitCode;
 
-use vantiq_connector_smol::Smol;
 use vantiq_connector::test_util::echo::Echo;
+use vantiq_connector_smol::Smol;
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env();

@@ -11,8 +11,8 @@
 use std::process::ExitCode;
 
 use tokio::signal::unix::{SignalKind, signal};
-use vantiq_connector_tokio::Tokio;
 use vantiq_connector::test_util::echo::Echo;
+use vantiq_connector_tokio::Tokio;
 
 #[tokio::main]
 async fn main() -> ExitCode {
