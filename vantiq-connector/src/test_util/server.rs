@@ -329,6 +329,7 @@ impl SimPeer {
     /// layer); `None` once the socket ended. Frames are fed to the server machine, and its
     /// answers written, before this returns.
     pub async fn next_message(&mut self) -> Option<Message> {
+        let _ = self.perform().await;
         let msg = match self.inbox.pop_front() {
             Some(m) => Some(m),
             None => self.read().await,
@@ -336,6 +337,28 @@ impl SimPeer {
         // A failed write shows as the end of the socket on a later read.
         let _ = self.perform().await;
         msg
+    }
+
+    /// [`next_message`](SimPeer::next_message), giving up when nothing arrives within
+    /// `wait` of virtual time: `None` then, `Some(None)` once the socket ended. Only the wait
+    /// for input is cut short, never a write, so nothing the server owes is lost.
+    pub async fn next_message_within(&mut self, wait: Duration) -> Option<Option<Message>> {
+        let _ = self.perform().await;
+        let msg = match self.inbox.pop_front() {
+            Some(m) => Some(m),
+            None => {
+                let sim = self.server.sim.clone();
+                sim.timeout(wait, self.read()).await?
+            }
+        };
+        let _ = self.perform().await;
+        Some(msg)
+    }
+
+    /// Whether the socket is gone: it ended, or this side dropped it.
+    #[must_use]
+    pub fn is_ended(&self) -> bool {
+        self.ended && self.inbox.is_empty()
     }
 
     /// The next message already read (while a write waited) and not handed out yet; never
