@@ -547,48 +547,6 @@ fn a_paused_link_that_stops_taking_writes_is_found_dead() {
     });
 }
 
-/// A socket that fails (a reset) while notifications wait: every one the transport did not
-/// take arrives on the next session, once, in order.
-#[test]
-fn notifications_survive_a_failed_socket_in_order_and_once() {
-    let sim = SimRuntime::with_options(8 * 1024, Duration::from_secs(3_600));
-    let server = common::server(&sim);
-    let mut set = common::set(&sim, "sendPings=false");
-    set.transport_options().write_buffer_size = 0;
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
-    sim.block_on({
-        let sim = sim.clone();
-        async move {
-            let mut first = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
-            let pad = "q".repeat(100);
-            let accepted = common::fill(&sim, &source, &pad).await;
-            first.pipe().fail_peer(std::io::ErrorKind::ConnectionReset);
-            let on_wire = common::numbers(&mut first, None).await;
-            let mut second = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
-            // A graceful stop flushes everything queued, then closes.
-            stop.shutdown();
-            let after = common::numbers(&mut second, None).await;
-            run.await.unwrap();
-            let n = on_wire.len() as u64;
-            assert_eq!(on_wire, (0..n).collect::<Vec<_>>());
-            // With no WebSocket buffer, at most the one frame being written is in flight.
-            let mut all = on_wire.clone();
-            all.extend(&after);
-            let missing: Vec<u64> = (0..accepted).filter(|k| !all.contains(k)).collect();
-            assert!(missing.len() <= 1, "lost {missing:?}");
-            assert!(
-                after.windows(2).all(|w| w[0] < w[1]),
-                "out of order or duplicated"
-            );
-            assert_eq!(source.undelivered_notifications(), 0);
-        }
-    });
-}
-
 /// Our close: the socket lingers for the close handshake, at most its grace period.
 #[test]
 fn the_close_handshake_has_its_grace_period() {

@@ -7,7 +7,7 @@
 //! `reconnectRequired`, keep-alive and reconnection with back-off. Time comes in as an
 //! argument; randomness comes from a seed. The runtime crates (`vantiq-connector-tokio`,
 //! `vantiq-connector-smol`) drive it over real WebSockets; you can drive it over any
-//! transport you like (see `examples/blocking.rs` for one on a plain blocking socket).
+//! transport you like (see `examples/blocking/` for one on a plain blocking socket).
 //!
 //! Two optional modules serve tests: `server` (feature `server`), the server side of the
 //! protocol in the same sans-IO style, and `testing` (feature `test-util`), which pairs a
