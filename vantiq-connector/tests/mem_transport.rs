@@ -182,7 +182,13 @@ fn a_dead_link_is_detected_while_the_handler_is_behind() {
                 "the connector kept the dead link for 5 s (state {:?})",
                 source.state()
             );
-            eprintln!("the dead link was given up after {:?}", sim.now() - silent);
+            let after = sim.now() - silent;
+            eprintln!("the dead link was given up after {after:?}");
+            // A ping interval, the pong deadline, and the back-off (at most 20 ms).
+            assert!(
+                after <= Duration::from_millis(170),
+                "given up after {after:?}"
+            );
             drop(burst);
             stop.shutdown();
             drop(reconnected);
