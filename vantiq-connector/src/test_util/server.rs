@@ -246,6 +246,7 @@ impl std::fmt::Debug for SimPeer {
 fn feed(conn: &mut ServerConnection, server: &SimServer, msg: &Message) {
     let now = server.sim.now();
     let mut shared = lock(&server.shared);
+    // The socket is dropped when the connection's transmits are next performed.
     abort_if_displaced(conn, &mut shared);
     let reg = &mut shared.registry;
     match msg {
@@ -272,10 +273,13 @@ fn end(conn: &mut ServerConnection, server: &SimServer) {
 }
 
 /// A connection whose source another took over drops its socket, as the contract says.
-fn abort_if_displaced(conn: &mut ServerConnection, shared: &mut Shared) {
-    if shared.displaced.remove(&conn.id()) {
+/// True if it did (its `Abort` transmit is queued).
+fn abort_if_displaced(conn: &mut ServerConnection, shared: &mut Shared) -> bool {
+    let displaced = shared.displaced.remove(&conn.id());
+    if displaced {
         conn.abort(&mut shared.registry);
     }
+    displaced
 }
 
 impl SimPeer {
@@ -502,8 +506,14 @@ impl SimPeer {
         ) -> Result<T, ServerError>,
     ) -> Result<T, ServerError> {
         let now = self.server.sim.now();
-        let mut shared = lock(&self.server.shared);
-        abort_if_displaced(&mut self.conn, &mut shared);
+        let server = self.server.clone();
+        let mut shared = lock(&server.shared);
+        if abort_if_displaced(&mut self.conn, &mut shared) {
+            // Nothing else was queued (every command and read performs what it queues).
+            self.collect_events();
+            while self.conn.poll_transmit().is_some() {}
+            self.drop_socket();
+        }
         let value = f(&mut self.conn, &mut shared.registry, now);
         SimServer::drain(&mut shared, now);
         value
