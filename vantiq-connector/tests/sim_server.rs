@@ -116,35 +116,33 @@ fn a_takeover_drops_the_displaced_socket() {
     let source = set.source(SOURCE).unwrap();
     let stop = set.shutdown_handle();
     let run = sim.spawn_task(set.run());
-    sim.block_on({
-        async move {
-            let mut first = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
-            // The connector's end fails; the server does not read, so it does not notice.
-            first.pipe().fail_peer(std::io::ErrorKind::ConnectionReset);
-            let second = server.session().await.unwrap();
-            assert!(second.is_configured());
-            assert!(
-                server
-                    .registry_events()
-                    .contains(&RegistryEvent::Displaced {
-                        connection: first.id(),
-                        source: SOURCE.into(),
-                        by: second.id(),
-                    })
-            );
-            assert!(!first.is_ended());
-            match first.publish(common::json("{}")).await {
-                Err(PeerError::Server(ServerError::Closed { connection })) => {
-                    assert_eq!(connection, first.id());
-                }
-                other => panic!("{other:?}"),
+    sim.block_on(async move {
+        let mut first = server.session().await.unwrap();
+        source.wait_configured().await.unwrap();
+        // The connector's end fails; the server does not read, so it does not notice.
+        first.pipe().fail_peer(std::io::ErrorKind::ConnectionReset);
+        let second = server.session().await.unwrap();
+        assert!(second.is_configured());
+        assert!(
+            server
+                .registry_events()
+                .contains(&RegistryEvent::Displaced {
+                    connection: first.id(),
+                    source: SOURCE.into(),
+                    by: second.id(),
+                })
+        );
+        assert!(!first.is_ended());
+        match first.publish(common::json("{}")).await {
+            Err(PeerError::Server(ServerError::Closed { connection })) => {
+                assert_eq!(connection, first.id());
             }
-            assert!(first.is_ended());
-            assert!(first.connection().is_closed());
-            stop.shutdown();
-            drop(second);
-            run.await.unwrap();
+            other => panic!("{other:?}"),
         }
+        assert!(first.is_ended());
+        assert!(first.connection().is_closed());
+        stop.shutdown();
+        drop(second);
+        run.await.unwrap();
     });
 }
