@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Logs, SOURCE};
+use common::Logs;
 use vantiq_connector::test_util::SimRuntime;
 use vantiq_connector::{ConnectionState, ReplyError, Runtime as _};
 use vantiq_proto::frame::ClientFrame;
@@ -37,13 +37,10 @@ fn a_session_echoes_and_answers() {
             q.complete(&serde_json::json!([{"a": 1}])).await?;
             Ok(())
         });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         async move {
-            let mut peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             peer.publish(common::json(r#"{"n":7}"#)).await.unwrap();
             assert_eq!(common::numbers(&mut peer, Some(1)).await, [7]);
             let address = peer.query(common::json("{}"), 60 * SEC).await.unwrap();
@@ -85,14 +82,11 @@ fn graceful_close_mid_burst(acks: bool, close_after: usize) {
     // With acks, the server acknowledges every notification it reads (until its close).
     server.with_registry(|r| r.options_mut().ack_notifications = acks);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut first = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut first = common::session(&server, &source).await;
             let burst = sim.spawn_task({
                 let source = source.clone();
                 async move {
@@ -139,14 +133,11 @@ fn a_write_stall_is_caught_while_the_server_keeps_pinging() {
     let sim = SimRuntime::with_options(16 * 1024, Duration::from_secs(3_600));
     let server = common::server(&sim);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let first = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let first = common::session(&server, &source).await;
             // The connector has more to say than the socket takes: 200 KiB.
             let pad = "x".repeat(1024);
             for n in 0..200 {
@@ -204,14 +195,11 @@ fn a_write_stall_is_caught_without_pings() {
     let sim = SimRuntime::with_options(16 * 1024, Duration::from_secs(3_600));
     let server = common::server(&sim);
     let set = common::set(&sim, "sendPings=false");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let first = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let first = common::session(&server, &source).await;
             let pad = "x".repeat(1024);
             for n in 0..200 {
                 source
@@ -247,14 +235,11 @@ fn a_close_frame_without_the_tcp_close_reconnects_at_once() {
         let sim = SimRuntime::new();
         let server = common::server(&sim);
         let set = common::set(&sim, pings);
-        let source = set.source(SOURCE).unwrap();
-        let stop = set.shutdown_handle();
-        let run = sim.spawn_task(set.run());
+        let common::Running { source, stop, run } = common::start(&sim, set);
         sim.block_on({
             let sim = sim.clone();
             async move {
-                let mut first = server.session().await.unwrap();
-                source.wait_configured().await.unwrap();
+                let mut first = common::session(&server, &source).await;
                 let closed_at = sim.now();
                 first.close(1001, "bye").await.unwrap();
                 // The server keeps the TCP connection open and reads nothing more.
@@ -293,14 +278,11 @@ fn shutdown_on_a_stalled_link_counts_what_it_could_not_deliver() {
     let mut set = common::set(&sim, "");
     // No WebSocket write buffer: what the transport holds is at most the frame being written.
     set.transport_options().write_buffer_size = 0;
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             // The server stops reading; the connector takes all it can.
             let pad = "y".repeat(200);
             let accepted = common::fill(&sim, &source, &pad).await;
@@ -345,9 +327,7 @@ fn offline_notifications_are_bounded_in_bytes() {
     let server = common::server(&sim);
     sim.refuse_connects(true);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
@@ -395,14 +375,11 @@ fn a_server_that_stops_reading_cannot_make_the_connector_hold_more_than_its_budg
             }
         }
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             let blob = "b".repeat(BLOB);
             // Publish until the connector stops taking them.
             let (writer, sent) = common::publisher(&sim, peer, 400, move |n| {
@@ -460,14 +437,11 @@ fn back_pressure_pauses_reading_and_resumes() {
             }
         }
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             const TOTAL: u64 = 2_000;
             let (writer, sent) =
                 common::publisher(&sim, peer, TOTAL, |n| format!(r#"{{"n":{n}}}"#));
@@ -518,14 +492,11 @@ fn a_paused_link_that_stops_taking_writes_is_found_dead() {
         s.notify_json(m).await?;
         Ok(())
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             let pad = "p".repeat(2048);
             let dead_at = sim.now();
             // The server writes until it cannot, and never reads.
@@ -553,14 +524,11 @@ fn the_close_handshake_has_its_grace_period() {
     let sim = SimRuntime::new();
     let server = common::server(&sim);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             let at = sim.now();
             stop.shutdown();
             // The server never reads the close frame nor answers it.
@@ -573,14 +541,11 @@ fn the_close_handshake_has_its_grace_period() {
     let sim = SimRuntime::new();
     let server = common::server(&sim);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             let at = sim.now();
             stop.shutdown();
             match peer.next_message().await {
@@ -607,14 +572,11 @@ fn a_handler_that_never_returns_does_not_stop_the_connector() {
     let sim = SimRuntime::new();
     let server = common::server(&sim);
     let set = common::set(&sim, "").on_publish(|_s, _m| std::future::pending());
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             peer.publish(common::json("{}")).await.unwrap();
             // Ten minutes pass; the link stays up (pings answered), notifications still flow.
             let reader = sim.spawn_task(async move {
@@ -657,18 +619,14 @@ fn a_reply_after_the_session_ended_is_refused_by_the_connection() {
             Ok(())
         }
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         async move {
-            let mut first = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut first = common::session(&server, &source).await;
             first.query(common::json("{}"), 60 * SEC).await.unwrap();
             let query = rx.recv().await.unwrap();
             first.close(1000, "bye").await.unwrap();
-            let mut second = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut second = common::session(&server, &source).await;
             assert_eq!(
                 query.complete(&serde_json::json!([])).await,
                 Err(ReplyError::SessionEnded)
@@ -702,14 +660,11 @@ fn a_query_for_another_source_is_answered_and_a_publish_without_object_is_null()
             q.empty().await?;
             Ok(())
         });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             peer.send_raw(
                 r#"{"op":"query","resourceName":"sources","resourceId":"other","messageHeaders":{"REPLY_ADDR_HEADER":"r9"},"object":{}}"#,
             )
@@ -746,14 +701,11 @@ fn shutdown_while_waiting_to_reconnect_ends_at_once() {
         c.backoff.initial = Duration::from_secs(30);
         c.backoff.max = Duration::from_secs(30);
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             sim.refuse_connects(true);
             drop(peer);
             source.wait_change(ConnectionState::Configured).await;
@@ -772,14 +724,11 @@ fn shutdown_flushes_every_queued_notification() {
     let sim = SimRuntime::with_options(4 * 1024, Duration::from_secs(3_600));
     let server = common::server(&sim);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             let pad = "f".repeat(64);
             let taken = common::fill(&sim, &source, &pad).await;
             stop.shutdown();

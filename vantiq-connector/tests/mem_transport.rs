@@ -50,14 +50,11 @@ fn held_notifications_survive_a_reset(write_buffer: Option<usize>) {
     if let Some(bytes) = write_buffer {
         set.transport_options().write_buffer_size = bytes;
     }
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut first = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut first = common::session(&server, &source).await;
 
             // The server stops reading: the pipe fills, then the WebSocket layer's buffer,
             // then the driver's queue, then the channel.
@@ -73,8 +70,7 @@ fn held_notifications_survive_a_reset(write_buffer: Option<usize>) {
             first.pipe().fail_peer(std::io::ErrorKind::ConnectionReset);
             let on_wire = common::numbers(&mut first, None).await;
             let written = first.pipe().bytes_received();
-            let mut second = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut second = common::session(&server, &source).await;
             // A graceful stop flushes everything queued, then closes.
             stop.shutdown();
             let after = common::numbers(&mut second, None).await;
@@ -154,14 +150,11 @@ fn a_dead_link_is_detected_while_the_handler_is_behind() {
             c.backoff.initial = Duration::from_millis(5);
             c.backoff.max = Duration::from_millis(20);
         });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut first = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut first = common::session(&server, &source).await;
             // A burst of publishes, each echoed with a 1 KiB notification, written for as
             // long as the connector reads; then the server goes silent and reads nothing.
             let blob = "b".repeat(1024);

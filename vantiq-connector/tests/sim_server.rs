@@ -37,14 +37,11 @@ fn reading_while_writing_takes_echoes_as_the_burst_goes_out() {
     let sim = SimRuntime::with_options(1024, Duration::from_secs(3_600));
     let server = common::server(&sim);
     let set = common::set(&sim, "sendPings=false").handler(Echo::without_health());
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             peer.set_read_while_writing(true);
             let start = sim.now();
             let pad = "e".repeat(512);
@@ -77,14 +74,11 @@ fn a_bounded_read_gives_up_on_a_quiet_connector() {
     let sim = SimRuntime::new();
     let server = common::server(&sim);
     let set = common::set(&sim, "sendPings=false");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = server.session().await.unwrap();
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             let start = sim.now();
             assert!(
                 peer.next_message_within(Duration::from_secs(1))
@@ -113,12 +107,9 @@ fn a_takeover_drops_the_displaced_socket() {
     let sim = SimRuntime::new();
     let server = common::server(&sim);
     let set = common::set(&sim, "sendPings=false");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on(async move {
-        let mut first = server.session().await.unwrap();
-        source.wait_configured().await.unwrap();
+        let mut first = common::session(&server, &source).await;
         // The connector's end fails; the server does not read, so it does not notice.
         first.pipe().fail_peer(std::io::ErrorKind::ConnectionReset);
         let second = server.session().await.unwrap();

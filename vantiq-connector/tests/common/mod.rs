@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vantiq_connector::test_util::{SimJoin, SimPeer, SimRuntime, SimServer};
-use vantiq_connector::{ConnectorSet, Json, ServerConfig};
+use vantiq_connector::{ConnectorError, ConnectorSet, Json, ServerConfig, ShutdownHandle, Source};
 use vantiq_proto::frame::ClientFrame;
 use vantiq_proto::server::ServerOptions;
 
@@ -45,6 +45,30 @@ pub fn set(sim: &SimRuntime, extra: &str) -> ConnectorSet<SimRuntime> {
         c.backoff.initial = Duration::from_millis(100);
         c.backoff.max = Duration::from_millis(400);
     })
+}
+
+/// A connector set running on the simulation: [`SOURCE`]'s handle, the shutdown handle, and
+/// the task running the set.
+pub struct Running {
+    pub source: Source,
+    pub stop: ShutdownHandle,
+    pub run: SimJoin<Result<(), ConnectorError>>,
+}
+
+/// Starts `set` as a task of the simulation.
+pub fn start(sim: &SimRuntime, set: ConnectorSet<SimRuntime>) -> Running {
+    let source = set.source(SOURCE).unwrap();
+    let stop = set.shutdown_handle();
+    let run = sim.spawn_task(set.run());
+    Running { source, stop, run }
+}
+
+/// Accepts the next connection and serves it until the connector, too, sees its source
+/// configured.
+pub async fn session(server: &SimServer, source: &Source) -> SimPeer {
+    let peer = server.session().await.unwrap();
+    source.wait_configured().await.unwrap();
+    peer
 }
 
 /// The server every test plays: the sans-IO server (`vantiq_proto::server`) on the far end
