@@ -1,36 +1,39 @@
 //! The `driver_frames` fuzz target: arbitrary server behaviour against the real driver.
 //!
-//! A [`ConnectorSet`] with one source runs on [`MemRuntime`]; the fuzz body plays the
-//! server on the other end of each in-memory connection: the WebSocket handshake (server
-//! role), then a script decoded from the input — authentication replies, configurations,
-//! publishes, queries, reconnectRequired, status frames, raw text and binary frames, pings,
-//! close frames, raw bytes under the WebSocket layer, frames over the size limit, abrupt
-//! drops — over up to [`MAX_CONNECTIONS`] connections, then a shutdown. It checks that
-//! nothing panics and that `run()` returns (Ok, or the fatal error of a rejected token)
-//! within [`RUN_BOUND`].
+//! A [`ConnectorSet`] with one source runs on a [`SimRuntime`] (virtual time, a
+//! deterministic executor, in-memory pipes); the fuzz body plays the server on the other end
+//! of each connection with the sans-IO server ([`SimServer`]: the WebSocket handshake, then
+//! a script decoded from the input — authentication replies, configurations, publishes,
+//! queries, reconnectRequired, status frames, raw text and binary frames, pings, close
+//! frames, raw bytes under the WebSocket layer, frames over the size limit, abrupt drops —
+//! over up to [`MAX_CONNECTIONS`] connections, then a shutdown. The server machine answers
+//! whatever the connector sends (authentication, `connectExtension`, acknowledgements) and
+//! produces the commands it can (publish, query, reconnectRequired, close, drop) once the
+//! source is attached; everything else, and every command before attachment, goes out raw.
+//! It checks that nothing panics and that `run()` returns (Ok, or the fatal error of a
+//! rejected token) within [`RUN_BOUND`] of virtual time. The same input always runs the
+//! same way.
 //!
-//! Input layout: byte 0 holds flags (bit 0: JSON in binary frames; bit 1: answer
-//! `validate` and `connectExtension` on every connection before its script; bit 2: 10 ms
-//! pings; bits 3–4: pipe capacity 1 KiB / 4 KiB / 64 KiB / 1 MiB; bit 5: refuse the first
-//! connection). Then operations, each an op byte (`op % 16`, see [`Op`]) and its operands.
+//! Input layout: byte 0 holds flags (bit 0: JSON in binary frames; bit 1: serve
+//! authentication and `connectExtension` on every connection before its script; bit 2:
+//! 10 ms pings; bits 3–4: pipe capacity 1 KiB / 4 KiB / 64 KiB / 1 MiB; bit 5: refuse the
+//! first connection). Then operations, each an op byte (`op % 16`, see [`Op`]) and its
+//! operands.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
-use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
-use futures_util::StreamExt as _;
 use serde_json::json;
+use vantiq_connector::test_util::{PeerError, SimPeer, SimRuntime, SimServer};
 use vantiq_connector::{
     ConnectorError, ConnectorSet, FatalError, Handler, HandlerResult, Json, KeepAlive, Query,
     QueryError, ServerConfig, ShutdownHandle, Source,
 };
+use vantiq_proto::server::{RawFrame, ServerOptions};
 
-use crate::mem::{Duplex, MemRuntime};
-
-/// Longest a run may take before it counts as a hang.
+/// Longest a run may take, in virtual time, before it counts as a hang.
 pub const RUN_BOUND: Duration = Duration::from_secs(10);
 /// Connections the script plays at most (later ones get a well-behaved server).
 pub const MAX_CONNECTIONS: usize = 8;
@@ -70,7 +73,7 @@ pub enum Op {
     Oversize(u16),
     /// 14: this many publishes at once.
     Burst(u8),
-    /// 15: wait until the connector has been quiet for 2 ms (at most 100 ms).
+    /// 15: read until the connector has been quiet for 2 ms (at most 100 ms).
     Settle,
 }
 
@@ -79,7 +82,7 @@ pub enum Op {
 pub struct Script {
     /// JSON frames are binary.
     pub binary: bool,
-    /// Answer `validate` and `connectExtension` on every connection before its script.
+    /// Serve `validate` and `connectExtension` on every connection before its script.
     pub handshake: bool,
     /// 10 ms pings, 50 ms pong deadline.
     pub fast_pings: bool,
@@ -229,11 +232,12 @@ impl Handler for FuzzHandler {
     }
 }
 
-fn json_frame(binary: bool, text: String) -> Message {
+/// A JSON frame as the script's flags say: binary or text.
+fn json_frame(binary: bool, text: String) -> RawFrame {
     if binary {
-        Message::binary(text.into_bytes())
+        RawFrame::Binary(text.into_bytes())
     } else {
-        Message::text(text)
+        RawFrame::Text(text)
     }
 }
 
@@ -270,19 +274,33 @@ impl Observed {
             _ => {}
         }
     }
+
+    /// Records the messages the peer read while its writes waited.
+    fn record_buffered(&mut self, peer: &mut SimPeer) {
+        while let Some(msg) = peer.buffered_message() {
+            self.record(&msg);
+        }
+    }
 }
 
-/// Waits until the connector has sent nothing for 2 ms, or 100 ms have passed.
-async fn settle(seen: &std::cell::RefCell<Observed>) {
-    let give_up = std::time::Instant::now() + Duration::from_millis(100);
-    let mut last = seen.borrow().frames;
-    loop {
-        async_io::Timer::after(Duration::from_millis(2)).await;
-        let now = seen.borrow().frames;
-        if now == last || std::time::Instant::now() >= give_up {
-            return;
+/// Reads until the connector has sent nothing for 2 ms, or 100 ms have passed; false if the
+/// socket ended.
+async fn settle(sim: &SimRuntime, peer: &mut SimPeer, seen: &mut Observed) -> bool {
+    let give_up = vantiq_connector::Runtime::now(sim) + Duration::from_millis(100);
+    while vantiq_connector::Runtime::now(sim) < give_up {
+        match peer.next_message_within(Duration::from_millis(2)).await {
+            None => return true,
+            Some(Some(msg)) => seen.record(&msg),
+            Some(None) => return false,
         }
-        last = now;
+    }
+    true
+}
+
+/// Reads (and answers) until the socket ends.
+async fn drain(peer: &mut SimPeer, seen: &mut Observed) {
+    while let Some(msg) = peer.next_message().await {
+        seen.record(&msg);
     }
 }
 
@@ -294,173 +312,169 @@ enum Ended {
     Script,
 }
 
-/// Plays `ops` (from `*next`) on one connection.
-async fn play(
-    pipe: Duplex,
-    script: &Script,
-    next: &mut usize,
-    stop: &ShutdownHandle,
-    seen: &std::cell::RefCell<Observed>,
-) -> Ended {
-    let control = pipe.control();
-    let Ok(ws) = async_tungstenite::accept_async(pipe).await else {
-        return Ended::Connection;
-    };
-    let (mut tx, mut rx) = ws.split();
-    let binary = script.binary;
-    let frame = move |text: String| json_frame(binary, text);
-    let writer = async {
-        if script.handshake {
-            let _ = tx
-                .send(frame(r#"{"status":200,"body":{"anonymous":false}}"#.into()))
-                .await;
-            let _ = tx
-                .send(frame(
-                    r#"{"op":"configureExtension","resourceName":"sources","resourceId":"s1","object":{"config":{}}}"#.into(),
-                ))
-                .await;
-        }
-        while let Some(op) = script.ops.get(*next) {
-            *next += 1;
-            let _ = match op {
-                Op::AuthOk => {
-                    tx.send(frame(r#"{"status":200,"body":{"anonymous":false}}"#.into()))
-                        .await
-                }
-                Op::AuthFail => {
-                    tx.send(frame(
-                        r#"{"status":401,"body":[{"code":"io.vantiq.authentication.failed","message":"no","params":[]}]}"#.into(),
-                    ))
-                    .await
-                }
-                Op::Configure(c) => {
-                    tx.send(frame(format!(
-                        r#"{{"op":"configureExtension","resourceName":"sources","resourceId":"s1","object":{{"config":{c}}}}}"#
-                    )))
-                    .await
-                }
-                Op::Publish(o) => {
-                    tx.send(frame(format!(
-                        r#"{{"op":"publish","resourceId":"s1","object":{o}}}"#
-                    )))
-                    .await
-                }
-                Op::Query(addr, p) => {
-                    tx.send(frame(format!(
-                        r#"{{"op":"query","resourceId":"s1","messageHeaders":{{"REPLY_ADDR_HEADER":"r{addr}"}},"object":{p}}}"#
-                    )))
-                    .await
-                }
-                Op::Text(t) => tx.send(Message::text(t.clone())).await,
-                Op::Binary(b) => tx.send(Message::binary(b.clone())).await,
-                Op::ReconnectRequired => {
-                    tx.send(frame(
-                        r#"{"op":"reconnectRequired","resourceId":"s1"}"#.into(),
-                    ))
-                    .await
-                }
-                Op::Close(code) => {
-                    let _ = tx
-                        .send(Message::Close(Some(CloseFrame {
-                            code: (*code).into(),
-                            reason: "fuzz".into(),
-                        })))
-                        .await;
-                    return Ended::Connection;
-                }
-                Op::Drop => return Ended::Connection,
-                Op::Ping(p) => tx.send(Message::Ping(p.clone().into())).await,
-                Op::Status(s, body) => {
-                    tx.send(frame(format!(r#"{{"status":{s},"body":{body}}}"#)))
-                        .await
-                }
-                Op::Raw(bytes) => {
-                    control.inject(bytes);
-                    Ok(())
-                }
-                Op::Oversize(over) => {
-                    let n = MAX_MESSAGE + usize::from(*over);
-                    tx.send(Message::text("x".repeat(n))).await
-                }
-                Op::Burst(n) => {
-                    let mut r = Ok(());
-                    for i in 0..*n {
-                        r = tx
-                            .send(frame(format!(
-                                r#"{{"op":"publish","resourceId":"s1","object":{{"n":{i}}}}}"#
-                            )))
-                            .await;
-                    }
-                    r
-                }
-                Op::Settle => {
-                    settle(seen).await;
-                    Ok(())
-                }
-            };
-        }
-        // The script is over: let the connector finish reacting, stop it and serve this
-        // connection until it closes.
-        settle(seen).await;
-        stop.shutdown();
-        std::future::pending::<()>().await;
-        Ended::Script
-    };
-    let reader = async {
-        while let Some(Ok(msg)) = rx.next().await {
-            seen.borrow_mut().record(&msg);
-        }
-        Ended::Connection
-    };
-    futures_lite::future::or(writer, reader).await
+/// A publish through the server machine when the source is attached and the object is JSON;
+/// raw otherwise.
+async fn publish(peer: &mut SimPeer, binary: bool, object: &str) -> Result<(), PeerError> {
+    if peer.is_configured()
+        && let Ok(object) = Json::from_string(object.to_owned())
+    {
+        return peer.publish(object).await;
+    }
+    let text = format!(r#"{{"op":"publish","resourceId":"s1","object":{object}}}"#);
+    peer.send_raw(json_frame(binary, text)).await
 }
 
-/// A well-behaved server for the connections after the script.
-async fn serve_well(pipe: Duplex, binary: bool, seen: &std::cell::RefCell<Observed>) {
-    let Ok(mut ws): Result<WebSocketStream<Duplex>, _> =
-        async_tungstenite::accept_async(pipe).await
-    else {
-        return;
-    };
-    let _ = ws
-        .send(json_frame(
-            binary,
-            r#"{"status":200,"body":{"anonymous":false}}"#.into(),
-        ))
-        .await;
-    let _ = ws
-        .send(json_frame(
-            binary,
-            r#"{"op":"configureExtension","resourceName":"sources","resourceId":"s1","object":{"config":{}}}"#.into(),
-        ))
-        .await;
-    while let Some(Ok(msg)) = ws.next().await {
-        seen.borrow_mut().record(&msg);
+/// Performs one operation.
+async fn perform(
+    sim: &SimRuntime,
+    peer: &mut SimPeer,
+    op: &Op,
+    binary: bool,
+    seen: &mut Observed,
+) -> Result<(), PeerError> {
+    let raw = |text: String| json_frame(binary, text);
+    match op {
+        Op::AuthOk => {
+            peer.send_raw(raw(r#"{"status":200,"body":{"anonymous":false}}"#.into()))
+                .await
+        }
+        Op::AuthFail => {
+            peer.send_raw(raw(
+                r#"{"status":401,"body":[{"code":"io.vantiq.authentication.failed","message":"no","params":[]}]}"#.into(),
+            ))
+            .await
+        }
+        Op::Configure(c) => {
+            peer.send_raw(raw(format!(
+                r#"{{"op":"configureExtension","resourceName":"sources","resourceId":"s1","object":{{"config":{c}}}}}"#
+            )))
+            .await
+        }
+        Op::Publish(o) => publish(peer, binary, o).await,
+        Op::Query(addr, p) => {
+            if peer.is_configured()
+                && let Ok(params) = Json::from_string(p.clone())
+            {
+                return peer
+                    .query(params, Duration::from_secs(60))
+                    .await
+                    .map(drop);
+            }
+            peer.send_raw(raw(format!(
+                r#"{{"op":"query","resourceId":"s1","messageHeaders":{{"REPLY_ADDR_HEADER":"r{addr}"}},"object":{p}}}"#
+            )))
+            .await
+        }
+        Op::Text(t) => peer.send_raw(RawFrame::Text(t.clone())).await,
+        Op::Binary(b) => peer.send_raw(RawFrame::Binary(b.clone())).await,
+        Op::ReconnectRequired => {
+            if peer.is_configured() {
+                return peer.reconnect_required(None).await;
+            }
+            peer.send_raw(raw(r#"{"op":"reconnectRequired","resourceId":"s1"}"#.into()))
+                .await
+        }
+        Op::Close(code) => peer.close(*code, "fuzz").await,
+        Op::Drop => {
+            peer.abort();
+            Ok(())
+        }
+        Op::Ping(p) => peer.send_message(Message::Ping(p.clone().into())).await,
+        Op::Status(s, body) => {
+            peer.send_raw(raw(format!(r#"{{"status":{s},"body":{body}}}"#)))
+                .await
+        }
+        Op::Raw(bytes) => {
+            peer.pipe().inject(bytes);
+            Ok(())
+        }
+        Op::Oversize(over) => {
+            let n = MAX_MESSAGE + usize::from(*over);
+            peer.send_raw(RawFrame::Text("x".repeat(n))).await
+        }
+        Op::Burst(n) => {
+            for i in 0..*n {
+                publish(peer, binary, &format!(r#"{{"n":{i}}}"#)).await?;
+            }
+            Ok(())
+        }
+        Op::Settle => {
+            settle(sim, peer, seen).await;
+            Ok(())
+        }
     }
 }
 
-async fn serve(
+/// Plays `ops` (from `*next`) on one connection.
+async fn play(
+    sim: &SimRuntime,
+    mut peer: SimPeer,
     script: &Script,
-    accepts: async_channel::Receiver<Duplex>,
+    next: &mut usize,
+    stop: &ShutdownHandle,
+    seen: &mut Observed,
+) -> Ended {
+    // A server with separate reader and writer: a write that waits does not stop reading.
+    peer.set_read_while_writing(true);
+    if script.handshake && !peer.serve_until_configured().await {
+        drain(&mut peer, seen).await;
+        return Ended::Connection;
+    }
+    while let Some(op) = script.ops.get(*next) {
+        *next += 1;
+        let result = perform(sim, &mut peer, op, script.binary, seen).await;
+        seen.record_buffered(&mut peer);
+        if matches!(op, Op::Close(_) | Op::Drop) || result.is_err() || peer.is_ended() {
+            // The connection is over: dropping the peer closes the socket.
+            return Ended::Connection;
+        }
+    }
+    // The script is over: let the connector finish reacting, stop it and serve this
+    // connection until it closes.
+    settle(sim, &mut peer, seen).await;
+    stop.shutdown();
+    drain(&mut peer, seen).await;
+    Ended::Script
+}
+
+/// A well-behaved server for the connections after the script.
+async fn serve_well(
+    server: &SimServer,
+    pipe: vantiq_connector::test_util::Duplex,
+    seen: &mut Observed,
+) {
+    let Ok(mut peer) = server.accept_pipe(pipe).await else {
+        return;
+    };
+    peer.serve_until_configured().await;
+    drain(&mut peer, seen).await;
+}
+
+async fn serve(
+    sim: &SimRuntime,
+    server: &SimServer,
+    script: &Script,
     stop: ShutdownHandle,
-    seen: &std::cell::RefCell<Observed>,
+    seen: &mut Observed,
 ) {
     let mut next = 0;
-    let mut connections = 0;
     let mut scripted = true;
-    while let Ok(pipe) = accepts.recv().await {
-        connections += 1;
-        seen.borrow_mut().connections = connections;
-        if connections == 1 && script.refuse_first {
+    loop {
+        let pipe = sim.accept().await;
+        seen.connections += 1;
+        if seen.connections == 1 && script.refuse_first {
             drop(pipe);
             continue;
         }
-        if !scripted || connections > MAX_CONNECTIONS {
+        if !scripted || seen.connections > MAX_CONNECTIONS {
             stop.shutdown();
-            serve_well(pipe, script.binary, seen).await;
+            serve_well(server, pipe, seen).await;
             continue;
         }
-        if let Ended::Script = play(pipe, script, &mut next, &stop, seen).await {
+        let Ok(peer) = server.accept_pipe(pipe).await else {
+            continue;
+        };
+        if let Ended::Script = play(sim, peer, script, &mut next, &stop, seen).await {
             scripted = false;
         }
         if next >= script.ops.len() {
@@ -478,50 +492,57 @@ pub fn driver_frames(data: &[u8]) {
 /// Runs one input; what the server side saw.
 pub fn run_script(data: &[u8]) -> Observed {
     let script = Script::decode(data);
-    let seen = std::cell::RefCell::new(Observed::default());
-    smol::block_on(async {
-        let (runtime, accepts) = MemRuntime::new(script.capacity);
-        let config = ServerConfig::parse(
-            "targetServer=http://fuzz.invalid:8080\nauthToken=T\nsources=s1\ntcpProbePort=0\n",
-            "fuzz/server.config",
-            |_| None,
-        )
-        .expect("the fuzz configuration");
-        let fast_pings = script.fast_pings;
-        let mut set = ConnectorSet::with_runtime(runtime, config)
-            .handler(FuzzHandler)
-            .connection_config(move |c| {
-                c.backoff.initial = Duration::from_millis(1);
-                c.backoff.max = Duration::from_millis(4);
-                c.handshake_timeout = Duration::from_secs(1);
-                c.close_timeout = Duration::from_millis(100);
-                if fast_pings {
-                    c.keepalive = Some(KeepAlive::new(
-                        Duration::from_millis(10),
-                        Duration::from_millis(50),
-                    ));
-                }
-            });
-        set.transport_options().max_message_size = Some(MAX_MESSAGE);
-        let stop = set.shutdown_handle();
-        let both = async {
-            let (result, ()) =
-                futures_lite::future::zip(set.run(), serve(&script, accepts, stop, &seen)).await;
-            Some(result)
-        };
-        let bound = async {
-            async_io::Timer::after(RUN_BOUND).await;
-            None
-        };
-        match futures_lite::future::or(both, bound).await {
-            None => panic!("run() did not return within {RUN_BOUND:?}"),
-            Some(Ok(()))
-            | Some(Err(ConnectorError::Fatal {
-                error: FatalError::AuthRejected { .. },
-                ..
-            })) => {}
-            Some(Err(e)) => panic!("run() failed: {e}"),
+    let mut seen = Observed::default();
+    let sim = SimRuntime::with_options(script.capacity, 2 * RUN_BOUND);
+    let mut options = ServerOptions::default();
+    options.token = Some("T".into());
+    options.binary_frames = script.binary;
+    options.report_frames = false;
+    let server = SimServer::new(&sim, options);
+    server.define_source("s1", Json::empty_object());
+    let config = ServerConfig::parse(
+        "targetServer=http://fuzz.invalid:8080\nauthToken=T\nsources=s1\ntcpProbePort=0\n",
+        "fuzz/server.config",
+        |_| None,
+    )
+    .expect("the fuzz configuration");
+    let fast_pings = script.fast_pings;
+    let mut set = ConnectorSet::with_runtime(sim.clone(), config)
+        .handler(FuzzHandler)
+        .connection_config(move |c| {
+            c.backoff.initial = Duration::from_millis(1);
+            c.backoff.max = Duration::from_millis(4);
+            c.handshake_timeout = Duration::from_secs(1);
+            c.close_timeout = Duration::from_millis(100);
+            if fast_pings {
+                c.keepalive = Some(KeepAlive::new(
+                    Duration::from_millis(10),
+                    Duration::from_millis(50),
+                ));
+            }
+        });
+    set.transport_options().max_message_size = Some(MAX_MESSAGE);
+    let stop = set.shutdown_handle();
+    let result = sim.block_on({
+        let sim = sim.clone();
+        let seen = &mut seen;
+        async move {
+            let serving = async {
+                serve(&sim, &server, &script, stop, seen).await;
+                None
+            };
+            let both = futures_lite::future::or(async { Some(set.run().await) }, serving);
+            sim.timeout(RUN_BOUND, both).await.flatten()
         }
     });
-    seen.into_inner()
+    match result {
+        None => panic!("run() did not return within {RUN_BOUND:?} of virtual time"),
+        Some(Ok(()))
+        | Some(Err(ConnectorError::Fatal {
+            error: FatalError::AuthRejected { .. },
+            ..
+        })) => {}
+        Some(Err(e)) => panic!("run() failed: {e}"),
+    }
+    seen
 }

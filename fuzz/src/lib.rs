@@ -15,7 +15,6 @@
 use vantiq_proto::testing::harness;
 
 pub mod driver;
-pub mod mem;
 
 pub use driver::driver_frames;
 

@@ -71,7 +71,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vantiq_connector::echo::Echo;
+use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector::{
     ConnectionState, ConnectorSet, DisconnectReason, Failure, Handler, HandlerResult, Json,
     KeepAlive, Query, Source,

@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
-use vantiq_connector::echo::Echo;
+use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector::{
     ConnectionState, ConnectorSet, DisconnectReason, Handler, HandlerResult, Json, Query, Source,
 };

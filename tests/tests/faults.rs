@@ -38,7 +38,7 @@ fn mix<R: TestRuntime>(name: &'static str, seed: u64) {
     assert_eq!(report.lost(), 0);
     // Stream A's numbers never written to a socket were in the WebSocket layer's write
     // buffer when the link was cut or found stalled (the SDK's own queue is resent, see
-    // `tests/mem_transport.rs`): at most a buffer's worth per fault.
+    // `vantiq-connector/tests/mem_transport.rs`): at most a buffer's worth per fault.
     let smallest = ClientFrame::Notification {
         source: "s1".into(),
         object: Json::from_serialize(&json!({ "a": 0 })).unwrap(),

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use serde_json::{Value, json};
-use vantiq_connector::echo::Echo;
+use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector::{ConnectionState, ConnectorSet, Source};
 use vantiq_e2e::{Kit, TestRuntime, on_both_runtimes, start};
 

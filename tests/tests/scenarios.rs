@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vantiq_connector::echo::Echo;
+use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector::{
     Backoff, ConnectionState, ConnectorError, ConnectorSet, DisconnectReason, FatalError, Handler,
     HandlerResult, Json, NotifyError, Query, QueryError, Source, TryNotifyError,

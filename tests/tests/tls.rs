@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::json;
-use vantiq_connector::echo::Echo;
+use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector::{CertificateDer, ConnectionState, ConnectorSet};
 use vantiq_e2e::{Kit, TestRuntime, on_both_runtimes, start};
 

@@ -1,4 +1,4 @@
-//! The echo connector on smol (contract: `vantiq_connector_smol::echo`).
+//! The echo connector on smol (contract: `vantiq_connector::test_util::echo`).
 //!
 //! Reads `./serverConfig/server.config` (or `./server.config`) from the working directory,
 //! serves every listed source, logs to stderr (`RUST_LOG` filters), exits 0 on Ctrl-C or
@@ -10,8 +10,8 @@
 
 use std::process::ExitCode;
 
+use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector_smol::Smol;
-use vantiq_connector_smol::echo::Echo;
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env();

@@ -1,4 +1,4 @@
-//! The echo connector on tokio (contract: `vantiq_connector_tokio::echo`).
+//! The echo connector on tokio (contract: `vantiq_connector::test_util::echo`).
 //!
 //! Reads `./serverConfig/server.config` (or `./server.config`) from the working directory,
 //! serves every listed source, logs to stderr (`RUST_LOG` filters), exits 0 on Ctrl-C or
@@ -11,8 +11,8 @@
 use std::process::ExitCode;
 
 use tokio::signal::unix::{SignalKind, signal};
+use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector_tokio::Tokio;
-use vantiq_connector_tokio::echo::Echo;
 
 #[tokio::main]
 async fn main() -> ExitCode {

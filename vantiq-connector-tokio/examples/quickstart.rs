@@ -5,14 +5,14 @@
 //! ```
 //!
 //! It starts `vantiq-testkit`'s server, runs the echo connector (see
-//! `vantiq_connector_tokio::echo`) against it, and drives what Vantiq would: a publish, a
+//! `vantiq_connector::test_util::echo`) against it, and drives what Vantiq would: a publish, a
 //! query answered in chunks, a configuration change (`reconnectRequired`) and a shutdown,
 //! printing what happened at each step.
 
 use std::time::Duration;
 
 use serde_json::json;
-use vantiq_connector_tokio::echo::Echo;
+use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector_tokio::{ConnectorSet, ServerConfig};
 use vantiq_testkit::TestServer;
 

@@ -83,7 +83,6 @@
 
 mod command;
 mod driver;
-pub mod echo;
 mod handler;
 mod lane;
 mod query;

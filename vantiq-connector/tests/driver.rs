@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Logs, Peer, SOURCE};
+use common::Logs;
 use vantiq_connector::test_util::SimRuntime;
 use vantiq_connector::{ConnectionState, ReplyError, Runtime as _};
 use vantiq_proto::frame::ClientFrame;
@@ -27,6 +27,7 @@ const SEC: Duration = Duration::from_secs(1);
 #[test]
 fn a_session_echoes_and_answers() {
     let sim = SimRuntime::new();
+    let server = common::server(&sim);
     let set = common::set(&sim, "")
         .on_publish(|s, m| async move {
             s.notify_json(m).await?;
@@ -36,21 +37,17 @@ fn a_session_echoes_and_answers() {
             q.complete(&serde_json::json!([{"a": 1}])).await?;
             Ok(())
         });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
-        let sim = sim.clone();
         async move {
-            let mut peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
-            peer.publish(r#"{"n":7}"#).await;
-            assert_eq!(peer.numbers(Some(1)).await, [7]);
-            peer.query("r1", "{}").await;
+            let mut peer = common::session(&server, &source).await;
+            peer.publish(common::json(r#"{"n":7}"#)).await.unwrap();
+            assert_eq!(common::numbers(&mut peer, Some(1)).await, [7]);
+            let address = peer.query(common::json("{}"), 60 * SEC).await.unwrap();
             match peer.next_frame().await {
                 Some(ClientFrame::QueryReply(r)) => {
                     assert_eq!(r.status.0, 200);
-                    assert_eq!(r.reply_address, "r1");
+                    assert_eq!(r.reply_address, address);
                     assert_eq!(r.body.unwrap().as_str(), r#"[{"a":1}]"#);
                 }
                 other => panic!("{other:?}"),
@@ -81,15 +78,15 @@ fn graceful_close_mid_burst(acks: bool, close_after: usize) {
     const TOTAL: u64 = 500;
     // Small socket buffers, so that notifications are still queued when the close arrives.
     let sim = SimRuntime::with_options(1024, Duration::from_secs(3_600));
+    let server = common::server(&sim);
+    // With acks, the server acknowledges every notification it reads (until its close).
+    server.with_registry(|r| r.options_mut().ack_notifications = acks);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut first = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let mut first = common::session(&server, &source).await;
             let burst = sim.spawn_task({
                 let source = source.clone();
                 async move {
@@ -106,17 +103,14 @@ fn graceful_close_mid_burst(acks: bool, close_after: usize) {
             while got.len() < close_after {
                 if let Some(ClientFrame::Notification { object, .. }) = first.next_frame().await {
                     got.push(object.to_value()["n"].as_u64().unwrap());
-                    if acks {
-                        first.send(r#"{"status":200}"#).await;
-                    }
                 }
             }
-            first.close_frame(1001).await;
+            first.close(1001, "bye").await.unwrap();
             // Read to the end of the socket, as the server does after its close frame.
-            got.extend(first.numbers(None).await);
-            let mut second = Peer::session(&sim).await;
+            got.extend(common::numbers(&mut first, None).await);
+            let mut second = server.session().await.unwrap();
             let rest = (TOTAL as usize).saturating_sub(got.len());
-            got.extend(second.numbers(Some(rest)).await);
+            got.extend(common::numbers(&mut second, Some(rest)).await);
             assert_eq!(
                 got,
                 (0..TOTAL).collect::<Vec<_>>(),
@@ -137,15 +131,13 @@ fn graceful_close_mid_burst(acks: bool, close_after: usize) {
 #[test]
 fn a_write_stall_is_caught_while_the_server_keeps_pinging() {
     let sim = SimRuntime::with_options(16 * 1024, Duration::from_secs(3_600));
+    let server = common::server(&sim);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let first = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let first = common::session(&server, &source).await;
             // The connector has more to say than the socket takes: 200 KiB.
             let pad = "x".repeat(1024);
             for n in 0..200 {
@@ -159,7 +151,7 @@ fn a_write_stall_is_caught_while_the_server_keeps_pinging() {
             // (a masked-free server ping frame: 0x89, length 0).
             let pinger = sim.spawn_task({
                 let sim = sim.clone();
-                let pipe = first.pipe.clone();
+                let pipe = first.pipe().clone();
                 async move {
                     loop {
                         sim.sleep(5 * SEC).await;
@@ -167,7 +159,10 @@ fn a_write_stall_is_caught_while_the_server_keeps_pinging() {
                     }
                 }
             });
-            let second = sim.timeout(60 * SEC, Peer::accept(&sim)).await;
+            let second = sim
+                .timeout(60 * SEC, server.accept())
+                .await
+                .map(Result::unwrap);
             let after = sim.now() - stalled_at;
             assert!(second.is_some(), "still on the dead socket after 60 s");
             // The default write timeout is 20 s; the pong deadline (also 20 s) may catch it
@@ -179,9 +174,9 @@ fn a_write_stall_is_caught_while_the_server_keeps_pinging() {
             drop(pinger);
             drop(first);
             let mut second = second.unwrap();
-            second.configure().await;
+            assert!(second.serve_until_configured().await);
             // Everything the first socket never took arrives on the second, in order.
-            let got = second.numbers(None);
+            let got = common::numbers(&mut second, None);
             stop.shutdown();
             let got = got.await;
             assert!(
@@ -198,15 +193,13 @@ fn a_write_stall_is_caught_while_the_server_keeps_pinging() {
 #[test]
 fn a_write_stall_is_caught_without_pings() {
     let sim = SimRuntime::with_options(16 * 1024, Duration::from_secs(3_600));
+    let server = common::server(&sim);
     let set = common::set(&sim, "sendPings=false");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let first = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let first = common::session(&server, &source).await;
             let pad = "x".repeat(1024);
             for n in 0..200 {
                 source
@@ -215,7 +208,10 @@ fn a_write_stall_is_caught_without_pings() {
                     .unwrap();
             }
             let stalled_at = sim.now();
-            let second = sim.timeout(60 * SEC, Peer::accept(&sim)).await;
+            let second = sim
+                .timeout(60 * SEC, server.accept())
+                .await
+                .map(Result::unwrap);
             let after = sim.now() - stalled_at;
             assert!(second.is_some(), "still on the dead socket after 60 s");
             assert!(
@@ -237,19 +233,20 @@ fn a_write_stall_is_caught_without_pings() {
 fn a_close_frame_without_the_tcp_close_reconnects_at_once() {
     for pings in ["", "sendPings=false"] {
         let sim = SimRuntime::new();
+        let server = common::server(&sim);
         let set = common::set(&sim, pings);
-        let source = set.source(SOURCE).unwrap();
-        let stop = set.shutdown_handle();
-        let run = sim.spawn_task(set.run());
+        let common::Running { source, stop, run } = common::start(&sim, set);
         sim.block_on({
             let sim = sim.clone();
             async move {
-                let mut first = Peer::session(&sim).await;
-                source.wait_configured().await.unwrap();
+                let mut first = common::session(&server, &source).await;
                 let closed_at = sim.now();
-                first.close_frame(1001).await;
+                first.close(1001, "bye").await.unwrap();
                 // The server keeps the TCP connection open and reads nothing more.
-                let second = sim.timeout(60 * SEC, Peer::accept(&sim)).await;
+                let second = sim
+                    .timeout(60 * SEC, server.accept())
+                    .await
+                    .map(Result::unwrap);
                 let after = sim.now() - closed_at;
                 assert!(second.is_some(), "{pings}: no reconnect within 60 s");
                 // A clean close (1001) resets the back-off: the next attempt waits half the
@@ -259,7 +256,7 @@ fn a_close_frame_without_the_tcp_close_reconnects_at_once() {
                     "{pings}: reconnected after {after:?}"
                 );
                 let mut second = second.unwrap();
-                second.configure().await;
+                assert!(second.serve_until_configured().await);
                 source.wait_configured().await.unwrap();
                 stop.shutdown();
                 assert!(second.next_frame().await.is_none());
@@ -277,17 +274,15 @@ fn a_close_frame_without_the_tcp_close_reconnects_at_once() {
 fn shutdown_on_a_stalled_link_counts_what_it_could_not_deliver() {
     let (logs, _guard) = Logs::capture(tracing::Level::WARN);
     let sim = SimRuntime::with_options(8 * 1024, Duration::from_secs(3_600));
+    let server = common::server(&sim);
     let mut set = common::set(&sim, "");
     // No WebSocket write buffer: what the transport holds is at most the frame being written.
     set.transport_options().write_buffer_size = 0;
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             // The server stops reading; the connector takes all it can.
             let pad = "y".repeat(200);
             let accepted = common::fill(&sim, &source, &pad).await;
@@ -303,7 +298,7 @@ fn shutdown_on_a_stalled_link_counts_what_it_could_not_deliver() {
                 "shutdown took {took:?}"
             );
             // Now the server reads what reached the socket.
-            let received = peer.numbers(None).await;
+            let received = common::numbers(&mut peer, None).await;
             let undelivered = source.undelivered_notifications();
             assert!(undelivered > 0);
             assert_eq!(
@@ -329,11 +324,10 @@ fn shutdown_on_a_stalled_link_counts_what_it_could_not_deliver() {
 #[test]
 fn offline_notifications_are_bounded_in_bytes() {
     let sim = SimRuntime::new();
+    let server = common::server(&sim);
     sim.refuse_connects(true);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
@@ -349,8 +343,8 @@ fn offline_notifications_are_bounded_in_bytes() {
             assert!(accepted >= 200, "only {accepted} taken");
             // They all go out, in order, once the server is back.
             sim.refuse_connects(false);
-            let mut peer = Peer::session(&sim).await;
-            let got = peer.numbers(Some(accepted as usize)).await;
+            let mut peer = server.session().await.unwrap();
+            let got = common::numbers(&mut peer, Some(accepted as usize)).await;
             assert_eq!(got, (0..accepted).collect::<Vec<_>>());
             stop.shutdown();
             run.await.unwrap();
@@ -368,6 +362,7 @@ fn a_server_that_stops_reading_cannot_make_the_connector_hold_more_than_its_budg
     const BLOB: usize = 900 * 1024;
     let pipe = 64 * 1024;
     let sim = SimRuntime::with_options(pipe, Duration::from_secs(3_600));
+    let server = common::server(&sim);
     let handled = Arc::new(AtomicU64::new(0));
     let set = common::set(&sim, "sendPings=false").on_publish({
         let handled = handled.clone();
@@ -380,14 +375,11 @@ fn a_server_that_stops_reading_cannot_make_the_connector_hold_more_than_its_budg
             }
         }
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             let blob = "b".repeat(BLOB);
             // Publish until the connector stops taking them.
             let (writer, sent) = common::publisher(&sim, peer, 400, move |n| {
@@ -422,6 +414,7 @@ fn a_server_that_stops_reading_cannot_make_the_connector_hold_more_than_its_budg
 #[test]
 fn back_pressure_pauses_reading_and_resumes() {
     let sim = SimRuntime::with_options(4 * 1024, Duration::from_secs(3_600));
+    let server = common::server(&sim);
     let gate = Arc::new(event_listener::Event::new());
     let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -444,14 +437,11 @@ fn back_pressure_pauses_reading_and_resumes() {
             }
         }
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             const TOTAL: u64 = 2_000;
             let (writer, sent) =
                 common::publisher(&sim, peer, TOTAL, |n| format!(r#"{{"n":{n}}}"#));
@@ -496,26 +486,27 @@ fn back_pressure_pauses_reading_and_resumes() {
 #[test]
 fn a_paused_link_that_stops_taking_writes_is_found_dead() {
     let sim = SimRuntime::with_options(4 * 1024, Duration::from_secs(3_600));
+    let server = common::server(&sim);
     let set = common::set(&sim, "").on_publish(|s, m| async move {
         // Echo: blocks once the socket takes no more.
         s.notify_json(m).await?;
         Ok(())
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             let pad = "p".repeat(2048);
             let dead_at = sim.now();
             // The server writes until it cannot, and never reads.
             let (writer, _sent) = common::publisher(&sim, peer, u64::MAX, move |n| {
                 format!(r#"{{"n":{n},"pad":"{pad}"}}"#)
             });
-            let second = sim.timeout(120 * SEC, Peer::accept(&sim)).await;
+            let second = sim
+                .timeout(120 * SEC, server.accept())
+                .await
+                .map(Result::unwrap);
             assert!(second.is_some(), "the dead link was kept for 2 minutes");
             let after = sim.now() - dead_at;
             assert!(after <= 21 * SEC, "found dead after {after:?}");
@@ -527,60 +518,17 @@ fn a_paused_link_that_stops_taking_writes_is_found_dead() {
     });
 }
 
-/// A socket that fails (a reset) while notifications wait: every one the transport did not
-/// take arrives on the next session, once, in order.
-#[test]
-fn notifications_survive_a_failed_socket_in_order_and_once() {
-    let sim = SimRuntime::with_options(8 * 1024, Duration::from_secs(3_600));
-    let mut set = common::set(&sim, "sendPings=false");
-    set.transport_options().write_buffer_size = 0;
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
-    sim.block_on({
-        let sim = sim.clone();
-        async move {
-            let mut first = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
-            let pad = "q".repeat(100);
-            let accepted = common::fill(&sim, &source, &pad).await;
-            first.pipe.fail_peer(std::io::ErrorKind::ConnectionReset);
-            let on_wire = first.numbers(None).await;
-            let mut second = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
-            // A graceful stop flushes everything queued, then closes.
-            stop.shutdown();
-            let after = second.numbers(None).await;
-            run.await.unwrap();
-            let n = on_wire.len() as u64;
-            assert_eq!(on_wire, (0..n).collect::<Vec<_>>());
-            // With no WebSocket buffer, at most the one frame being written is in flight.
-            let mut all = on_wire.clone();
-            all.extend(&after);
-            let missing: Vec<u64> = (0..accepted).filter(|k| !all.contains(k)).collect();
-            assert!(missing.len() <= 1, "lost {missing:?}");
-            assert!(
-                after.windows(2).all(|w| w[0] < w[1]),
-                "out of order or duplicated"
-            );
-            assert_eq!(source.undelivered_notifications(), 0);
-        }
-    });
-}
-
 /// Our close: the socket lingers for the close handshake, at most its grace period.
 #[test]
 fn the_close_handshake_has_its_grace_period() {
     let sim = SimRuntime::new();
+    let server = common::server(&sim);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             let at = sim.now();
             stop.shutdown();
             // The server never reads the close frame nor answers it.
@@ -591,15 +539,13 @@ fn the_close_handshake_has_its_grace_period() {
     });
     // And a server that answers closes it at once.
     let sim = SimRuntime::new();
+    let server = common::server(&sim);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             let at = sim.now();
             stop.shutdown();
             match peer.next_message().await {
@@ -624,16 +570,14 @@ fn the_close_handshake_has_its_grace_period() {
 fn a_handler_that_never_returns_does_not_stop_the_connector() {
     let (logs, _guard) = Logs::capture(tracing::Level::WARN);
     let sim = SimRuntime::new();
+    let server = common::server(&sim);
     let set = common::set(&sim, "").on_publish(|_s, _m| std::future::pending());
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
-            peer.publish("{}").await;
+            let mut peer = common::session(&server, &source).await;
+            peer.publish(common::json("{}")).await.unwrap();
             // Ten minutes pass; the link stays up (pings answered), notifications still flow.
             let reader = sim.spawn_task(async move {
                 let mut got = Vec::new();
@@ -666,6 +610,7 @@ fn a_handler_that_never_returns_does_not_stop_the_connector() {
 #[test]
 fn a_reply_after_the_session_ended_is_refused_by_the_connection() {
     let sim = SimRuntime::new();
+    let server = common::server(&sim);
     let (tx, rx) = async_channel::unbounded();
     let set = common::set(&sim, "").on_query(move |_s, q| {
         let tx = tx.clone();
@@ -674,19 +619,14 @@ fn a_reply_after_the_session_ended_is_refused_by_the_connection() {
             Ok(())
         }
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
-        let sim = sim.clone();
         async move {
-            let mut first = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
-            first.query("r1", "{}").await;
+            let mut first = common::session(&server, &source).await;
+            first.query(common::json("{}"), 60 * SEC).await.unwrap();
             let query = rx.recv().await.unwrap();
-            first.close_frame(1000).await;
-            let mut second = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            first.close(1000, "bye").await.unwrap();
+            let mut second = common::session(&server, &source).await;
             assert_eq!(
                 query.complete(&serde_json::json!([])).await,
                 Err(ReplyError::SessionEnded)
@@ -706,6 +646,7 @@ fn a_reply_after_the_session_ended_is_refused_by_the_connection() {
 #[test]
 fn a_query_for_another_source_is_answered_and_a_publish_without_object_is_null() {
     let sim = SimRuntime::new();
+    let server = common::server(&sim);
     let published = Arc::new(std::sync::Mutex::new(Vec::new()));
     let set = common::set(&sim, "")
         .on_publish({
@@ -719,27 +660,26 @@ fn a_query_for_another_source_is_answered_and_a_publish_without_object_is_null()
             q.empty().await?;
             Ok(())
         });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
-            peer.send(
+            let mut peer = common::session(&server, &source).await;
+            peer.send_raw(
                 r#"{"op":"query","resourceName":"sources","resourceId":"other","messageHeaders":{"REPLY_ADDR_HEADER":"r9"},"object":{}}"#,
             )
-            .await;
+            .await
+            .unwrap();
             match peer.next_frame().await {
                 Some(ClientFrame::QueryReply(r)) => {
                     assert_eq!((r.status.0, r.reply_address.as_str()), (204, "r9"));
                 }
                 other => panic!("{other:?}"),
             }
-            peer.send(r#"{"op":"publish","resourceName":"sources","resourceId":"s1"}"#)
-                .await;
-            peer.publish(r#"{"after":1}"#).await;
+            peer.send_raw(r#"{"op":"publish","resourceName":"sources","resourceId":"s1"}"#)
+                .await
+                .unwrap();
+            peer.publish(common::json(r#"{"after":1}"#)).await.unwrap();
             while published.lock().unwrap().len() < 2 {
                 sim.sleep(Duration::from_millis(1)).await;
             }
@@ -756,18 +696,16 @@ fn a_query_for_another_source_is_answered_and_a_publish_without_object_is_null()
 #[test]
 fn shutdown_while_waiting_to_reconnect_ends_at_once() {
     let sim = SimRuntime::new();
+    let server = common::server(&sim);
     let set = common::set(&sim, "").connection_config(|c| {
         c.backoff.initial = Duration::from_secs(30);
         c.backoff.max = Duration::from_secs(30);
     });
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let peer = common::session(&server, &source).await;
             sim.refuse_connects(true);
             drop(peer);
             source.wait_change(ConnectionState::Configured).await;
@@ -784,19 +722,17 @@ fn shutdown_while_waiting_to_reconnect_ends_at_once() {
 #[test]
 fn shutdown_flushes_every_queued_notification() {
     let sim = SimRuntime::with_options(4 * 1024, Duration::from_secs(3_600));
+    let server = common::server(&sim);
     let set = common::set(&sim, "");
-    let source = set.source(SOURCE).unwrap();
-    let stop = set.shutdown_handle();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             let pad = "f".repeat(64);
             let taken = common::fill(&sim, &source, &pad).await;
             stop.shutdown();
-            let got = peer.numbers(None).await;
+            let got = common::numbers(&mut peer, None).await;
             assert_eq!(got, (0..taken).collect::<Vec<_>>());
             drop(peer);
             run.await.unwrap();

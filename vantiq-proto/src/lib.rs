@@ -7,7 +7,7 @@
 //! `reconnectRequired`, keep-alive and reconnection with back-off. Time comes in as an
 //! argument; randomness comes from a seed. The runtime crates (`vantiq-connector-tokio`,
 //! `vantiq-connector-smol`) drive it over real WebSockets; you can drive it over any
-//! transport you like (see `examples/blocking.rs` for one on a plain blocking socket).
+//! transport you like (see `examples/blocking/` for one on a plain blocking socket).
 //!
 //! Connectors do not depend on this crate directly: `vantiq-connector-tokio` and
 //! `vantiq-connector-smol` do, and re-export what a connector needs (the whole crate as

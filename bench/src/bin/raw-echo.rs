@@ -5,7 +5,7 @@
 //! It reads `serverConfig/server.config` (or `./server.config`): `targetServer`, `authToken`,
 //! `sources`. One task per source: connect (TCP_NODELAY), `validate`, `connectExtension`,
 //! wait for `configureExtension`, notify `{"connected": true, "config": C}`, then serve
-//! publishes and queries (the contract of `vantiq_connector::echo`). Incoming frames are
+//! publishes and queries (the contract of `vantiq_connector::test_util::echo`). Incoming frames are
 //! parsed into borrowed serde structs; outgoing frames are serde structs serialized to
 //! text. Writes are batched: every frame that is ready is handled and its answers fed to
 //! the socket, then one flush. No reconnection, keep-alive or back-pressure beyond what

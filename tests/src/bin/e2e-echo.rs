@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use vantiq_connector::echo::Echo;
+use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector::{ConnectorError, ConnectorSet, Runtime};
 
 fn build<R: Runtime + Default>() -> Result<ConnectorSet<R>, ConnectorError> {

@@ -10,11 +10,21 @@
 //!   simply one that does not read: the pipe fills and writes wait, as with a full TCP
 //!   window.
 //!
-//! The test plays the server on the other end of each pipe, for instance with
-//! `async_tungstenite::accept_async(sim.accept().await)`.
+//! * [`SimServer`] and [`SimPeer`]: the sans-IO server of `vantiq_proto::server` on the far
+//!   end of those pipes. The server state machine produces the protocol frames; the test
+//!   decides when the server reads and writes, and what it sends besides (raw frames, pings,
+//!   bytes under the WebSocket layer).
+//! * [`echo::Echo`]: the reference echo connector, a handler with a fixed contract for
+//!   examples, end-to-end tests and benchmarks.
+//!
+//! The test plays the server on the other end of each pipe: with [`SimServer`], or with
+//! anything else on `sim.accept().await`.
 
+pub mod echo;
 mod pipe;
+mod server;
 mod sim;
 
 pub use pipe::{Duplex, PipeControl, duplex};
+pub use server::{PeerError, SimPeer, SimServer};
 pub use sim::{SimJoin, SimRuntime, SimTask, SimTimer};

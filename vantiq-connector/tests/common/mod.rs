@@ -1,6 +1,7 @@
-//! A server for the driver tests: each test plays Vantiq on the far end of the in-memory
-//! pipes of a `SimRuntime`, frame by frame, so it controls exactly what the driver sees and
-//! when (a close frame mid-burst, a socket that stops reading, pings without reading).
+//! What the driver tests share: each test plays Vantiq on the far end of the in-memory pipes
+//! of a `SimRuntime` with the sans-IO server (`SimServer`), and controls when it reads and
+//! writes, so it decides exactly what the driver sees and when (a close frame mid-burst, a
+//! socket that stops reading, pings without reading).
 
 #![allow(
     clippy::unwrap_used,
@@ -15,13 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_tungstenite::WebSocketStream;
-use async_tungstenite::tungstenite::Message;
-use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use futures_util::StreamExt as _;
-use vantiq_connector::test_util::{Duplex, PipeControl, SimJoin, SimRuntime};
-use vantiq_connector::{ConnectorSet, ServerConfig};
+use vantiq_connector::test_util::{SimJoin, SimPeer, SimRuntime, SimServer};
+use vantiq_connector::{ConnectorError, ConnectorSet, Json, ServerConfig, ShutdownHandle, Source};
 use vantiq_proto::frame::ClientFrame;
+use vantiq_proto::server::ServerOptions;
 
 /// The source every test uses.
 pub const SOURCE: &str = "s1";
@@ -49,128 +47,76 @@ pub fn set(sim: &SimRuntime, extra: &str) -> ConnectorSet<SimRuntime> {
     })
 }
 
-/// One accepted socket, seen from the server.
-pub struct Peer {
-    pub ws: WebSocketStream<Duplex>,
-    pub pipe: PipeControl,
+/// A connector set running on the simulation: [`SOURCE`]'s handle, the shutdown handle, and
+/// the task running the set.
+pub struct Running {
+    pub source: Source,
+    pub stop: ShutdownHandle,
+    pub run: SimJoin<Result<(), ConnectorError>>,
 }
 
-impl Peer {
-    /// The next connection the connector opens, upgraded to a WebSocket.
-    pub async fn accept(sim: &SimRuntime) -> Peer {
-        let pipe = sim.accept().await;
-        let control = pipe.control();
-        let ws = async_tungstenite::accept_async(pipe).await.unwrap();
-        Peer { ws, pipe: control }
-    }
+/// Starts `set` as a task of the simulation.
+pub fn start(sim: &SimRuntime, set: ConnectorSet<SimRuntime>) -> Running {
+    let source = set.source(SOURCE).unwrap();
+    let stop = set.shutdown_handle();
+    let run = sim.spawn_task(set.run());
+    Running { source, stop, run }
+}
 
-    /// Accepts and goes through authentication and attachment: the session is configured
-    /// with `{}`.
-    pub async fn session(sim: &SimRuntime) -> Peer {
-        let mut p = Peer::accept(sim).await;
-        p.configure().await;
-        p
-    }
+/// Accepts the next connection and serves it until the connector, too, sees its source
+/// configured.
+pub async fn session(server: &SimServer, source: &Source) -> SimPeer {
+    let peer = server.session().await.unwrap();
+    source.wait_configured().await.unwrap();
+    peer
+}
 
-    /// Answers `validate` and `connectExtension` with success and a configuration.
-    pub async fn configure(&mut self) {
-        match self.next_frame().await {
-            Some(ClientFrame::Validate { .. }) => {}
-            other => panic!("expected validate, got {other:?}"),
-        }
-        self.send(r#"{"status":200,"body":{"anonymous":false}}"#)
-            .await;
-        match self.next_frame().await {
-            Some(ClientFrame::ConnectExtension { source, .. }) => assert_eq!(source, SOURCE),
-            other => panic!("expected connectExtension, got {other:?}"),
-        }
-        self.send(&format!(
-            r#"{{"op":"configureExtension","resourceName":"sources","resourceId":"{SOURCE}","object":{{"config":{{}}}}}}"#
-        ))
-        .await;
-    }
+/// The server every test plays: the sans-IO server (`vantiq_proto::server`) on the far end
+/// of the simulation's pipes, with [`SOURCE`] configured as `{}`, the token `T`, and no
+/// acknowledgements of notifications (a test that wants them turns them on).
+pub fn server(sim: &SimRuntime) -> SimServer {
+    let mut options = ServerOptions::default();
+    options.token = Some("T".into());
+    options.ack_notifications = false;
+    let server = SimServer::new(sim, options);
+    server.define_source(SOURCE, Json::empty_object());
+    server
+}
 
-    pub async fn send(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.unwrap();
-    }
+/// Valid JSON text as `Json`.
+pub fn json(text: &str) -> Json {
+    Json::from_string(text.to_owned()).unwrap()
+}
 
-    pub async fn publish(&mut self, object: &str) {
-        self.send(&format!(
-            r#"{{"op":"publish","resourceName":"sources","resourceId":"{SOURCE}","object":{object}}}"#
-        ))
-        .await;
-    }
-
-    pub async fn query(&mut self, reply_address: &str, params: &str) {
-        self.send(&format!(
-            r#"{{"op":"query","resourceName":"sources","resourceId":"{SOURCE}","messageHeaders":{{"REPLY_ADDR_HEADER":"{reply_address}"}},"object":{params}}}"#
-        ))
-        .await;
-    }
-
-    /// Sends a close frame (the socket stays open until the connector closes it).
-    pub async fn close_frame(&mut self, code: u16) {
-        self.ws
-            .send(Message::Close(Some(CloseFrame {
-                code: code.into(),
-                reason: "bye".into(),
-            })))
-            .await
-            .unwrap();
-    }
-
-    /// The next protocol frame (pings and pongs are answered by the WebSocket layer and
-    /// skipped); `None` when the socket ended.
-    pub async fn next_frame(&mut self) -> Option<ClientFrame> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(t)) => return Some(ClientFrame::decode(t.as_bytes()).unwrap()),
-                Ok(Message::Binary(b)) => return Some(ClientFrame::decode(&b).unwrap()),
-                Ok(Message::Close(_)) => return None,
-                Ok(_) => {}
-                Err(_) => return None,
+/// Reads notifications `{"n": k}` until the socket ends (or a close frame arrives), or until
+/// `until` of them.
+pub async fn numbers(peer: &mut SimPeer, until: Option<usize>) -> Vec<u64> {
+    let mut got = Vec::new();
+    while until.is_none_or(|n| got.len() < n) {
+        match peer.next_frame().await {
+            Some(ClientFrame::Notification { object, .. }) => {
+                got.push(object.to_value()["n"].as_u64().unwrap());
             }
+            Some(_) => {}
+            None => break,
         }
     }
-
-    /// The next message of any kind, close frames included; `None` when the socket ended.
-    pub async fn next_message(&mut self) -> Option<Message> {
-        self.ws.next().await.and_then(Result::ok)
-    }
-
-    /// Reads notifications `{"n": k}` until the socket ends, or until `until` of them.
-    pub async fn numbers(&mut self, until: Option<usize>) -> Vec<u64> {
-        let mut got = Vec::new();
-        while until.is_none_or(|n| got.len() < n) {
-            match self.next_frame().await {
-                Some(ClientFrame::Notification { object, .. }) => {
-                    got.push(object.to_value()["n"].as_u64().unwrap());
-                }
-                Some(_) => {}
-                None => break,
-            }
-        }
-        got
-    }
+    got
 }
 
 /// Publishes `make(0)` … `make(total - 1)` from a task of its own, counting the publishes
 /// written; gives the peer back at the end (or when the socket fails).
 pub fn publisher(
     sim: &SimRuntime,
-    mut peer: Peer,
+    mut peer: SimPeer,
     total: u64,
     make: impl Fn(u64) -> String + Send + 'static,
-) -> (SimJoin<Peer>, Arc<AtomicU64>) {
+) -> (SimJoin<SimPeer>, Arc<AtomicU64>) {
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
     let task = sim.spawn_task(async move {
         for n in 0..total {
-            let publish = format!(
-                r#"{{"op":"publish","resourceName":"sources","resourceId":"{SOURCE}","object":{}}}"#,
-                make(n)
-            );
-            if peer.ws.send(Message::text(publish)).await.is_err() {
+            if peer.publish(json(&make(n))).await.is_err() {
                 break;
             }
             counter.fetch_add(1, Ordering::SeqCst);

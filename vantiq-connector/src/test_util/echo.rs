@@ -1,5 +1,6 @@
-//! [`Echo`]: the reference echo connector, shared by the examples of both runtime crates,
-//! the end-to-end tests and the benchmarks.
+//! [`Echo`]: the reference echo connector, a test fixture (feature `test-util`) shared by the
+//! echo examples of both runtime crates (which the echo-contract check and the benchmarks
+//! run), the end-to-end tests and the driver tests.
 //!
 //! Contract (what a server sees):
 //! - on configure with document `C`: a notification `{"connected": true, "config": C}`;
@@ -84,14 +85,15 @@ impl Echo {
         Ok(set.handler(echo))
     }
 
-    /// The process exit code for what `run` returned: 0 after a shutdown, 1 (with the reason
-    /// on stderr, prefixed by `program`) after a fatal error.
+    /// The process exit code for what `run` returned: 0 after a shutdown, 1 after a fatal
+    /// error, which is logged at `error` level (as `program: reason`, through `tracing`, so
+    /// the program's subscriber decides where it goes).
     #[must_use]
     pub fn exit_code(program: &str, result: Result<(), ConnectorError>) -> std::process::ExitCode {
         match result {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{program}: {e}");
+                tracing::error!("{program}: {e}");
                 std::process::ExitCode::FAILURE
             }
         }

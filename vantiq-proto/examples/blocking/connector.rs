@@ -1,49 +1,55 @@
-//! A complete connector on a transport this SDK did not write: a plain blocking
-//! `tungstenite` socket and std threads, no async runtime at all.
+//! The connector of the `blocking` example: the whole driver loop of a
+//! [`vantiq_proto::Connection`] on a blocking WebSocket (`tungstenite`) over any blocking
+//! byte stream ([`Stream`]), with std threads and no async runtime. `main.rs` runs it on
+//! TCP; `tests/blocking_example.rs` runs it against the sans-IO server.
 //!
-//! It shows the calling contract of [`vantiq_proto::Connection`] end to end: perform every
-//! transmit, hand every event to the application, sleep until the next timeout or socket
-//! input. It authenticates, attaches, echoes publishes back as notifications, answers
-//! queries, sends a notification from another thread every few seconds, and reconnects
-//! after a drop (with the back-off and keep-alive of the core).
+//! It shows the calling contract end to end: perform every transmit, hand every event to
+//! the application, sleep until the next timeout or socket input. It authenticates,
+//! attaches, echoes publishes back as notifications, answers queries, sends the
+//! notifications other threads hand it, and reconnects after a drop (with the back-off and
+//! keep-alive of the core).
 //!
 //! Writes block, so every frame taken is written at once (`poll_transmit(true)`); a write
 //! that fails ends the socket, and the connection puts every notification it still holds
 //! back in its queue for the next session: nothing is lost but the frame the socket was
-//! taking when it failed. A write timeout on the socket stands in for the core's write-stall
-//! detection.
-//!
-//! Run it against the embedded server:
-//!
-//! ```text
-//! cargo run -p vantiq-testkit --bin vantiq-devserver -- --listen 127.0.0.1:8088 \
-//!     --token dev-token --source 'Blocking={"hello":"world"}'
-//! cargo run -p vantiq-proto --example blocking -- http://127.0.0.1:8088 dev-token Blocking
-//! curl -s -X POST localhost:8088/control/sources/Blocking/publish -d '{"ping":1}'
-//! curl -s -X POST localhost:8088/control/sources/Blocking/query -d '{"q":1}'
-//! curl -s -X POST localhost:8088/control/sources/Blocking/drop     # it reconnects
-//! ```
-//!
-//! (`wss://` works the same way once tungstenite's TLS feature is enabled.)
+//! taking when it failed (taken counts as written, as for a frame in the kernel's buffer).
+//! A write timeout on the socket stands in for the core's write-stall detection.
 
 // A driver reads the clock, sleeps and owns a socket: that is its job, not the core's.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::CloseFrame;
-use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 use vantiq_proto::{
     Connection, ConnectionConfig, Credentials, Event, Json, Reply, Secret, SocketEnd, TargetUrl,
     Transmit,
 };
 
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+/// A blocking byte stream the connector runs its WebSocket on: TCP, TLS over TCP, or a
+/// test's own.
+pub(crate) trait Stream: Read + Write {
+    /// Bounds how long a read blocks (`None`: for ever); a read that times out fails with
+    /// `WouldBlock` or `TimedOut`.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Bounds how long a write blocks: a socket that takes nothing for this long is dead.
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, timeout)
+    }
+}
 
 /// Longest a read blocks, so that notifications from other threads go out promptly.
 const POLL: Duration = Duration::from_millis(20);
@@ -63,12 +69,14 @@ pub(crate) enum Report {
     Closed(Option<String>),
 }
 
-/// Runs the connector until `stop` is set (then closes gracefully) or a fatal error.
-/// Notifications sent on `notes` go out in order; every event is reported on `report`.
-pub(crate) fn run_connector(
+/// Runs the connector until `stop` is set (then closes gracefully) or a fatal error, opening
+/// each socket with `connect` (given where to connect). Notifications sent on `notes` go out
+/// in order; every event is reported on `report`.
+pub(crate) fn run_connector<S: Stream>(
     url: &str,
     token: &str,
     source: &str,
+    mut connect: impl FnMut(&TargetUrl) -> io::Result<S>,
     notes: Receiver<Json>,
     report: Sender<Report>,
     stop: Arc<AtomicBool>,
@@ -77,11 +85,11 @@ pub(crate) fn run_connector(
     let seed = u64::from(std::process::id()) ^ Instant::now().elapsed().as_nanos() as u64;
     let config = ConnectionConfig::new(source, url, Credentials::Token(Secret::new(token)), seed);
     let mut conn = Connection::new(config, Instant::now());
-    let mut socket: Option<Socket> = None;
+    let mut socket: Option<WebSocket<S>> = None;
     let mut closing = false;
     loop {
         // 1. Perform every transmit, in order.
-        flush(&mut conn, &mut socket);
+        flush(&mut conn, &mut socket, &mut connect);
         // 2. Hand every event to the application.
         while let Some(e) = conn.poll_event() {
             match e {
@@ -118,7 +126,7 @@ pub(crate) fn run_connector(
             }
         }
         // Replies and notifications made above are transmits too.
-        flush(&mut conn, &mut socket);
+        flush(&mut conn, &mut socket, &mut connect);
         // 3. Commands from other threads.
         if stop.load(Ordering::Relaxed) && !closing {
             closing = true;
@@ -135,7 +143,7 @@ pub(crate) fn run_connector(
                 Err(_) => break,
             }
         }
-        flush(&mut conn, &mut socket);
+        flush(&mut conn, &mut socket, &mut connect);
         // 4. Wait for input or the next timeout, whichever comes first.
         let now = Instant::now();
         let deadline = conn.poll_timeout();
@@ -152,27 +160,45 @@ pub(crate) fn run_connector(
 }
 
 /// Performs every transmit waiting, in order. Writes block: the socket always takes a frame.
-fn flush(conn: &mut Connection, socket: &mut Option<Socket>) {
+fn flush<S: Stream>(
+    conn: &mut Connection,
+    socket: &mut Option<WebSocket<S>>,
+    connect: &mut impl FnMut(&TargetUrl) -> io::Result<S>,
+) {
     while let Some(t) = conn.poll_transmit(true) {
-        perform(conn, socket, t);
+        perform(conn, socket, connect, t);
     }
 }
 
+/// Opens a socket with `connect` and performs the WebSocket handshake on it.
+fn open<S: Stream>(
+    url: &TargetUrl,
+    write_timeout: Duration,
+    connect: &mut impl FnMut(&TargetUrl) -> io::Result<S>,
+) -> Result<WebSocket<S>, String> {
+    let stream = connect(url).map_err(|e| e.to_string())?;
+    // A socket that takes nothing for this long is dead.
+    stream
+        .set_write_timeout(Some(write_timeout))
+        .map_err(|e| e.to_string())?;
+    let (ws, _response) = tungstenite::client(url.as_str(), stream).map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
 /// Does what a transmit asks with the blocking socket.
-fn perform(conn: &mut Connection, socket: &mut Option<Socket>, t: Transmit) {
-    let now = Instant::now();
+fn perform<S: Stream>(
+    conn: &mut Connection,
+    socket: &mut Option<WebSocket<S>>,
+    connect: &mut impl FnMut(&TargetUrl) -> io::Result<S>,
+    t: Transmit,
+) {
     match t {
-        Transmit::Connect { url } => match tungstenite::connect(url.as_str()) {
-            Ok((ws, _response)) => {
-                if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
-                    let _ = tcp.set_nodelay(true);
-                    // A socket that takes nothing for this long is dead.
-                    let _ = tcp.set_write_timeout(Some(conn.config().write_timeout));
-                }
+        Transmit::Connect { url } => match open(&url, conn.config().write_timeout, connect) {
+            Ok(ws) => {
                 *socket = Some(ws);
-                conn.handle_open(now);
+                conn.handle_open(Instant::now());
             }
-            Err(e) => conn.handle_closed(now, SocketEnd::ConnectFailed(e.to_string())),
+            Err(e) => conn.handle_closed(Instant::now(), SocketEnd::ConnectFailed(e)),
         },
         Transmit::Frame(text) => send(conn, socket, Message::text(text)),
         Transmit::Ping { payload } => send(conn, socket, Message::Ping(payload.to_vec().into())),
@@ -191,7 +217,7 @@ fn perform(conn: &mut Connection, socket: &mut Option<Socket>, t: Transmit) {
 
 /// Writes one message. A failure ends the socket; the connection takes back every
 /// notification it still holds.
-fn send(conn: &mut Connection, socket: &mut Option<Socket>, msg: Message) {
+fn send<S: Stream>(conn: &mut Connection, socket: &mut Option<WebSocket<S>>, msg: Message) {
     let Some(ws) = socket.as_mut() else { return };
     if let Err(e) = ws.send(msg) {
         *socket = None;
@@ -200,11 +226,11 @@ fn send(conn: &mut Connection, socket: &mut Option<Socket>, msg: Message) {
 }
 
 /// Reads at most one message, waiting at most `wait`.
-fn read_one(conn: &mut Connection, socket: &mut Option<Socket>, wait: Duration) {
+fn read_one<S: Stream>(conn: &mut Connection, socket: &mut Option<WebSocket<S>>, wait: Duration) {
     let Some(ws) = socket.as_mut() else { return };
-    if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
-        let _ = tcp.set_read_timeout(Some(wait.max(Duration::from_millis(1))));
-    }
+    let _ = ws
+        .get_ref()
+        .set_read_timeout(Some(wait.max(Duration::from_millis(1))));
     let now = Instant::now();
     match ws.read() {
         Ok(Message::Text(t)) => report_frame(conn.handle_frame(now, t.as_bytes())),
@@ -246,36 +272,5 @@ fn read_one(conn: &mut Connection, socket: &mut Option<Socket>, wait: Duration) 
 fn report_frame(r: Result<(), vantiq_proto::FrameError>) {
     if let Err(e) = r {
         eprintln!("blocking: dropped a frame: {e}");
-    }
-}
-
-#[allow(dead_code)] // `main` is unused when a test includes this file as a module.
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, token, source] = args.as_slice() else {
-        eprintln!("usage: blocking <targetServer> <token> <source>");
-        std::process::exit(2);
-    };
-    let (note_tx, note_rx) = channel();
-    let (report_tx, report_rx) = channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    // Another thread sends a notification every five seconds.
-    std::thread::spawn(move || {
-        for n in 0u64.. {
-            std::thread::sleep(Duration::from_secs(5));
-            let tick = Json::from_string(format!(r#"{{"tick":{n}}}"#));
-            if tick.map(|t| note_tx.send(t)).is_err() {
-                return;
-            }
-        }
-    });
-    std::thread::spawn(move || {
-        for r in report_rx {
-            println!("{r:?}");
-        }
-    });
-    if let Err(e) = run_connector(url, token, source, note_rx, report_tx, stop) {
-        eprintln!("blocking: {e}");
-        std::process::exit(1);
     }
 }
