@@ -248,12 +248,16 @@ impl<R: Runtime + Default> ConnectorSet<R> {
 impl<R: Runtime> ConnectorSet<R> {
     /// A set on an explicit runtime value.
     #[must_use]
-    pub fn with_runtime(runtime: R, config: ServerConfig) -> Self {
+    pub fn with_runtime(runtime: R, mut config: ServerConfig) -> Self {
         let (settings, config_error) = match settings::read(&config) {
             Ok(s) => (s, None),
             Err(e) => (Settings::default(), Some(e)),
         };
-        for w in config.warnings().iter().chain(&settings.warnings) {
+        // The SDK layer's own warnings join the file's, so `config().warnings()` lists all.
+        for w in &settings.warnings {
+            config.add_warning(w.clone());
+        }
+        for w in config.warnings() {
             tracing::warn!(origin = config.origin(), "{w}");
         }
         let defaults = Limits::default();

@@ -748,23 +748,23 @@ fn shutdown_flushes_every_queued_notification() {
 fn cancellation_counts_what_it_could_not_deliver() {
     let (logs, _guard) = Logs::capture(tracing::Level::WARN);
     let sim = SimRuntime::with_options(8 * 1024, Duration::from_secs(3_600));
+    let server = common::server(&sim);
     let mut set = common::set(&sim, "");
     set.transport_options().write_buffer_size = 0;
-    let source = set.source(SOURCE).unwrap();
-    let run = sim.spawn_task(set.run());
+    let common::Running { source, stop, run } = common::start(&sim, set);
     sim.block_on({
         let sim = sim.clone();
         async move {
-            let mut peer = Peer::session(&sim).await;
-            source.wait_configured().await.unwrap();
+            let mut peer = common::session(&server, &source).await;
             // The server stops reading; the connector takes all it can, then is cancelled.
             let accepted = common::fill(&sim, &source, &"c".repeat(200)).await;
             assert!(accepted > 100, "only {accepted} taken");
             drop(run);
+            drop(stop);
             source.wait_change(ConnectionState::Configured).await;
             assert_eq!(source.state(), ConnectionState::Closed);
             assert!(source.wait_configured().await.is_err());
-            let received = peer.numbers(None).await;
+            let received = common::numbers(&mut peer, None).await;
             assert_eq!(
                 received,
                 (0..received.len() as u64).collect::<Vec<_>>(),
