@@ -533,3 +533,49 @@ fn debug_output_holds_no_secret() {
     assert!(!shown.contains("tok-123"), "{shown}");
     assert!(shown.contains("validate"), "{shown}");
 }
+
+/// `reconnectRequired` ends the session but keeps the socket: nothing of the ended session
+/// may go out ahead of the new `connectExtension` (found by fuzzing). Its queued
+/// notifications wait for the next configuration, in order; its queued replies are dropped
+/// (their queries ended with the session).
+#[test]
+fn reconnect_required_sends_nothing_of_the_ended_session_first() {
+    let mut t = T::new(config(3));
+    t.configure();
+    t.frame(
+        r#"{"op":"query","resourceId":"S","object":{},"messageHeaders":{"REPLY_ADDR_HEADER":"q1"}}"#,
+    );
+    let Some(Event::Query { id, .. }) = t.events().pop() else {
+        panic!("no query event")
+    };
+    // The socket takes nothing for now: a reply and two notifications wait.
+    t.conn
+        .respond(id, vantiq_proto::Reply::Complete(json(r#"{"r":1}"#)))
+        .unwrap();
+    t.notify(0).unwrap();
+    t.notify(1).unwrap();
+    assert!(t.transmits(false).is_empty());
+    t.frame(r#"{"op":"reconnectRequired","resourceId":"S"}"#);
+    assert!(matches!(
+        t.events()[..],
+        [Event::Disconnected {
+            reason: vantiq_proto::DisconnectReason::ReconnectRequired
+        }]
+    ));
+    t.notify(2).unwrap();
+    // The socket takes frames again: the new connectExtension comes first, and alone.
+    let out = t.transmits(true);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let Transmit::Frame(f) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(matches!(
+        ClientFrame::decode(f.as_bytes()).unwrap(),
+        ClientFrame::ConnectExtension { .. }
+    ));
+    // Configured again: the notifications, in order, and never the stale reply.
+    t.frame(r#"{"op":"configureExtension","resourceId":"S","object":{"config":{}}}"#);
+    let out = t.transmits(true);
+    assert_eq!(numbers(&out), [0, 1, 2]);
+    assert_eq!(out.len(), 3, "{out:?}");
+}

@@ -332,7 +332,7 @@ impl Connection {
         self.settle_close();
         let t = match self.outbox.pop(writable)? {
             Out::Connect(url) => Transmit::Connect { url },
-            Out::Frame(f) => Transmit::Frame(f),
+            Out::Frame(f) | Out::Reply(f) => Transmit::Frame(f),
             Out::Notification(n) => Transmit::Frame(self.encode_notification(&n)),
             Out::Ping(payload) => Transmit::Ping { payload },
             Out::Close { code, reason } => Transmit::Close { code, reason },
@@ -492,6 +492,13 @@ impl Connection {
                     return Err(self.unexpected("reconnectRequired"));
                 }
                 self.end_session(DisconnectReason::ReconnectRequired);
+                // Nothing of the ended session goes out ahead of the new connectExtension:
+                // its notifications wait for the next configuration, its replies are dropped.
+                let back = self.outbox.take_session_writes();
+                if !back.is_empty() {
+                    self.stats.notifications_requeued += back.len() as u64;
+                    self.offline.push_front_all(back);
+                }
                 self.send_connect_extension(now);
                 Ok(())
             }
@@ -636,7 +643,7 @@ impl Connection {
                 .ok_or(ReplyError::QueryFinished)?;
             encode_reply(prefix, &reply)
         };
-        self.outbox.push(Out::Frame(frame));
+        self.outbox.push(Out::Reply(frame));
         Ok(())
     }
 
@@ -821,7 +828,7 @@ impl Connection {
             tracing::warn!(source = %self.config.source, code = %error.code, "query refused");
             self.stats.queries_refused += 1;
             let frame = encode_reply(&frame::reply_prefix(&reply_address), &Reply::Error(error));
-            self.outbox.push(Out::Frame(frame));
+            self.outbox.push(Out::Reply(frame));
             return;
         }
         let seq = self.queries.next;

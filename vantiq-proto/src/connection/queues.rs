@@ -11,24 +11,33 @@ use crate::url::TargetUrl;
 #[derive(Debug)]
 pub(super) enum Out {
     Connect(TargetUrl),
+    /// A handshake frame (validate, authenticate, connectExtension).
     Frame(String),
+    /// A query reply: it belongs to the session it answers.
+    Reply(String),
     Notification(Json),
     Ping([u8; 8]),
-    Close { code: u16, reason: &'static str },
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
     Abort,
 }
 
 impl Out {
     fn bytes(&self) -> usize {
         match self {
-            Out::Frame(f) => f.len(),
+            Out::Frame(f) | Out::Reply(f) => f.len(),
             Out::Notification(n) => n.len(),
             _ => 0,
         }
     }
 
     pub(super) fn needs_write(&self) -> bool {
-        matches!(self, Out::Frame(_) | Out::Notification(_) | Out::Ping(_))
+        matches!(
+            self,
+            Out::Frame(_) | Out::Reply(_) | Out::Notification(_) | Out::Ping(_)
+        )
     }
 }
 
@@ -88,6 +97,19 @@ impl Outbox {
     /// frames are dropped (replies and handshake frames belong to the socket that ended),
     /// and the actions on sockets (connect, close, drop) stay.
     pub(super) fn take_notifications(&mut self) -> Vec<Json> {
+        self.take_writes(|_| false)
+    }
+
+    /// Takes what belongs to a session that ended on a socket that stays open (the server
+    /// asked for a new `connectExtension`): the notifications, given back in order, and the
+    /// session's replies, dropped. Handshake frames and pings stay: they are the socket's.
+    pub(super) fn take_session_writes(&mut self) -> Vec<Json> {
+        self.take_writes(|o| matches!(o, Out::Frame(_) | Out::Ping(_)))
+    }
+
+    /// Takes the notifications back (in order) and drops every other write that `keep`
+    /// refuses; actions on sockets always stay.
+    fn take_writes(&mut self, keep: impl Fn(&Out) -> bool) -> Vec<Json> {
         let mut back = Vec::new();
         self.items.retain_mut(|o| match o {
             Out::Notification(_) => {
@@ -96,11 +118,11 @@ impl Outbox {
                 }
                 false
             }
-            Out::Frame(_) | Out::Ping(_) => false,
+            Out::Frame(_) | Out::Reply(_) | Out::Ping(_) => keep(o),
             Out::Connect(_) | Out::Close { .. } | Out::Abort => true,
         });
-        self.bytes = 0;
-        self.writes = 0;
+        self.bytes = self.items.iter().map(Out::bytes).sum();
+        self.writes = self.items.iter().filter(|o| o.needs_write()).count();
         self.notifications = 0;
         back
     }
