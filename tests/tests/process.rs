@@ -150,3 +150,93 @@ fn tokio_fatal_and_config_errors_exit_non_zero() {
 fn smol_fatal_and_config_errors_exit_non_zero() {
     fatal_and_config_errors_exit_non_zero("smol");
 }
+
+/// Notifications in the burst `example_stops_gracefully_on_sigterm` publishes: enough (with
+/// their payload, about 2 MB) that the handler is still queueing them, and the queue holds
+/// some, when the signal arrives.
+const BURST: usize = 2000;
+
+/// An echo example (`shutdown_on_signals`), given its `server.config` as its argument:
+/// configured, then a burst of notifications under way, then SIGTERM. It exits 0 after
+/// closing with code 1000, and every notification it had queued reaches the server first:
+/// the server has an unbroken run `seq` 0, 1, … and the connector reports none undelivered
+/// (the handler's later `notify` calls fail, as the queue is closed by then).
+fn example_stops_gracefully_on_sigterm(bin: &'static str, runtime: &'static str) {
+    run::<Smol, _>(|| async move {
+        let kit = Kit::start(|b| {
+            b.token("t")
+                .source("s1", json!({"x": 1}))
+                .record_limit(BURST + 10)
+        })
+        .await;
+        let dir =
+            std::env::temp_dir().join(format!("vantiq-e2e-sig-{runtime}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("connector.config");
+        std::fs::write(
+            &file,
+            format!(
+                "targetServer={}\nauthToken=t\nsources=s1\ntcpProbePort=0\n",
+                kit.url()
+            ),
+        )
+        .unwrap();
+        // Started elsewhere, so that only the argument can name the file.
+        let child = Command::new(bin)
+            .arg(&file)
+            .current_dir(std::env::temp_dir())
+            .env_remove("VANTIQ_SERVER_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let s1 = kit.source("s1");
+        s1.wait_configured().await;
+        assert_eq!(
+            s1.notifications(1).await[0],
+            json!({"connected": true, "config": {"x": 1}})
+        );
+        let payload = "p".repeat(1000);
+        s1.publish(json!({"burst": BURST, "payload": payload}))
+            .await;
+        // The first of the burst is here: the handler is queueing the rest.
+        s1.notifications(2).await;
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (code, stderr) = exit(&kit, child).await;
+        assert_eq!(code, 0, "stderr: {stderr}");
+        s1.wait_disconnected().await;
+        assert_eq!(
+            s1.handle().close_frames(),
+            [(Some(1000), "Closed by client".to_owned())]
+        );
+        let all = s1.handle().notifications_snapshot();
+        assert!(all.len() >= 2, "{all:?}");
+        for (i, n) in all[1..].iter().enumerate() {
+            assert_eq!(n.to_value(), json!({"seq": i, "payload": payload}));
+        }
+        assert!(
+            stderr.contains("signal received: shutting down"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("never delivered"), "{stderr}");
+        let _ = std::fs::remove_dir_all(dir);
+    });
+}
+
+#[test]
+fn tokio_example_stops_gracefully_on_sigterm() {
+    example_stops_gracefully_on_sigterm(env!("CARGO_BIN_EXE_example-echo-tokio"), "tokio");
+}
+
+#[test]
+fn smol_example_stops_gracefully_on_sigterm() {
+    example_stops_gracefully_on_sigterm(env!("CARGO_BIN_EXE_example-echo-smol"), "smol");
+}
