@@ -1,6 +1,7 @@
-//! The configuration files the repository ships: the copy of the sample inside
-//! `vantiq-proto` stays identical to `serverConfig/server.config`, and
-//! `serverConfig/devserver.config` connects to the devserver as the README starts it.
+//! The files the repository ships in several copies or for a newcomer: the copy of the
+//! sample inside `vantiq-proto` stays identical to `serverConfig/server.config`, each
+//! library crate's `LICENSE` to the repository's, and `serverConfig/devserver.config`
+//! connects to the devserver as the README starts it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -24,6 +25,24 @@ fn the_proto_crates_copy_of_the_sample_is_identical() {
         "vantiq-proto/tests/data/server.config differs from serverConfig/server.config: \
          copy the sample over it (`cp serverConfig/server.config vantiq-proto/tests/data/`)"
     );
+}
+
+#[test]
+fn every_library_crates_license_is_the_repositorys() {
+    let license = repo_file("LICENSE");
+    for krate in [
+        "vantiq-proto",
+        "vantiq-health",
+        "vantiq-connector",
+        "vantiq-connector-tokio",
+        "vantiq-connector-smol",
+        "vantiq-testkit",
+    ] {
+        assert!(
+            repo_file(&format!("{krate}/LICENSE")) == license,
+            "{krate}/LICENSE differs from LICENSE: copy it over (`cp LICENSE {krate}/`)"
+        );
+    }
 }
 
 /// What the README's devserver command starts: `--listen` left at its default
