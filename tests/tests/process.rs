@@ -29,6 +29,7 @@ fn spawn(runtime: &str, dir: &Path, token: Option<&str>) -> Child {
     cmd.arg(runtime)
         .current_dir(dir)
         .env_remove("CONNECTOR_AUTH_TOKEN")
+        .env_remove("VANTIQ_SERVER_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if let Some(t) = token {
@@ -239,4 +240,72 @@ fn tokio_example_stops_gracefully_on_sigterm() {
 #[test]
 fn smol_example_stops_gracefully_on_sigterm() {
     example_stops_gracefully_on_sigterm(env!("CARGO_BIN_EXE_example-echo-smol"), "smol");
+}
+
+/// `VANTIQ_SERVER_CONFIG` names the file, wherever the process runs; a path that cannot be
+/// read is a configuration error naming the variable and the path.
+fn config_from_the_environment_variable(runtime: &'static str) {
+    run::<Smol, _>(|| async move {
+        let kit = Kit::start(|b| b.token("t").source("s1", json!({"x": 2}))).await;
+        let dir = std::env::temp_dir().join(format!(
+            "vantiq-e2e-envpath-{runtime}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("named.config");
+        std::fs::write(
+            &file,
+            format!(
+                "targetServer={}\nauthToken=t\nsources=s1\ntcpProbePort=0\n",
+                kit.url()
+            ),
+        )
+        .unwrap();
+        // The working directory has no server.config: only the variable names one.
+        let connector = |path: &Path| {
+            Command::new(BIN)
+                .arg(runtime)
+                .current_dir(&dir)
+                .env("VANTIQ_SERVER_CONFIG", path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let child = connector(&file);
+        let s1 = kit.source("s1");
+        assert_eq!(s1.wait_configured().await.to_value(), json!({"x": 2}));
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (code, stderr) = exit(&kit, child).await;
+        assert_eq!(code, 0, "stderr: {stderr}");
+
+        let missing = dir.join("missing.config");
+        let (code, stderr) = exit(&kit, connector(&missing)).await;
+        assert_eq!(code, 2, "stderr: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "could not read {}, named by the environment variable VANTIQ_SERVER_CONFIG",
+                missing.display()
+            )),
+            "{stderr}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    });
+}
+
+#[test]
+fn tokio_config_from_the_environment_variable() {
+    config_from_the_environment_variable("tokio");
+}
+
+#[test]
+fn smol_config_from_the_environment_variable() {
+    config_from_the_environment_variable("smol");
 }

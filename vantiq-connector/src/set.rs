@@ -488,7 +488,8 @@ impl<R: Runtime> ConnectorSet<R> {
 
     /// Runs every source until shutdown or a fatal error.
     ///
-    /// The graceful way to stop is the [`ShutdownHandle`]: every socket closes with code
+    /// The graceful way to stop is the [`ShutdownHandle`] (or, on SIGINT/SIGTERM,
+    /// [`shutdown_on_signals`](Self::shutdown_on_signals)): every socket closes with code
     /// 1000, close handlers run, queued notifications are flushed within the close timeout,
     /// and this returns `Ok`. Dropping the future instead cancels at once, on every runtime:
     /// every source task and the health probes stop, sockets are dropped without a close
@@ -497,7 +498,7 @@ impl<R: Runtime> ConnectorSet<R> {
     /// # Errors
     /// The first fatal error of any source (the others are shut down first), a handler for
     /// an unknown source, a `Handler` combined with `on_*` closures, a TLS or health probe
-    /// setup failure.
+    /// setup failure, a signal handler that could not be installed.
     pub async fn run(mut self) -> Result<(), ConnectorError> {
         if let Some(e) = self.config_error.take() {
             return Err(e.into());
