@@ -3,7 +3,12 @@
 //! library crate's `LICENSE` to the repository's, and `serverConfig/devserver.config`
 //! connects to the devserver as the README starts it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::path::Path;
 
