@@ -300,12 +300,16 @@ impl<R: Runtime + Default> ConnectorSet<R> {
 impl<R: Runtime> ConnectorSet<R> {
     /// A set on an explicit runtime value.
     #[must_use]
-    pub fn with_runtime(runtime: R, config: ServerConfig) -> Self {
-        let (settings, config_error) = match settings::read(&config) {
+    pub fn with_runtime(runtime: R, mut config: ServerConfig) -> Self {
+        let (mut settings, config_error) = match settings::read(&config) {
             Ok(s) => (s, None),
             Err(e) => (Settings::default(), Some(e)),
         };
-        for w in config.warnings().iter().chain(&settings.warnings) {
+        // This layer's warnings join the file's, so `config().warnings()` lists them all.
+        for w in std::mem::take(&mut settings.warnings) {
+            config.add_warning(w);
+        }
+        for w in config.warnings() {
             tracing::warn!(origin = config.origin(), "{w}");
         }
         let defaults = Limits::default();
