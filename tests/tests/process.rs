@@ -309,3 +309,100 @@ fn tokio_config_from_the_environment_variable() {
 fn smol_config_from_the_environment_variable() {
     config_from_the_environment_variable("smol");
 }
+
+/// A second SIGTERM while the graceful shutdown waits (here for a server that stopped
+/// answering) ends the process at once with status 130.
+fn a_second_signal_exits_at_once(bin: &'static str, runtime: &'static str) {
+    run::<Smol, _>(|| async move {
+        use std::io::BufRead as _;
+
+        let kit = Kit::start(|b| b.token("t").source("s1", json!({}))).await;
+        let proxy = vantiq_e2e::proxy::Proxy::start(kit.addr());
+        let dir = std::env::temp_dir().join(format!(
+            "vantiq-e2e-second-{runtime}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("connector.config");
+        std::fs::write(
+            &file,
+            format!(
+                "targetServer={}\nauthToken=t\nsources=s1\ntcpProbePort=0\n",
+                proxy.url()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(bin)
+            .arg(&file)
+            .env_remove("VANTIQ_SERVER_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The log lines as they come, on a thread.
+        let (lines_tx, lines) = async_channel::unbounded();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send_blocking(line).is_err() {
+                    break;
+                }
+            }
+        });
+        kit.source("s1").wait_configured().await;
+        // The server stops answering: the close handshake will wait for its timeout.
+        assert_eq!(proxy.stall(), 1);
+        let pid = child.id().to_string();
+        let term = || {
+            assert!(
+                Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        };
+        term();
+        kit.within(WAIT, "the first signal's log line", async {
+            while !lines
+                .recv()
+                .await
+                .unwrap()
+                .contains("signal received: shutting down")
+            {}
+        })
+        .await;
+        term();
+        let mut rest = Vec::new();
+        kit.within(WAIT, "the process closing its stderr", async {
+            while let Ok(line) = lines.recv().await {
+                rest.push(line);
+            }
+        })
+        .await;
+        let (tx, rx) = async_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send_blocking(child.wait().unwrap().code());
+        });
+        let code = kit.within(WAIT, "the exit", rx.recv()).await.unwrap();
+        assert_eq!(code, Some(130), "{rest:#?}");
+        assert!(
+            rest.iter()
+                .any(|l| l.contains("second signal while shutting down: exiting at once")),
+            "{rest:#?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    });
+}
+
+#[test]
+fn tokio_example_a_second_signal_exits_at_once() {
+    a_second_signal_exits_at_once(env!("CARGO_BIN_EXE_example-echo-tokio"), "tokio");
+}
+
+#[test]
+fn smol_example_a_second_signal_exits_at_once() {
+    a_second_signal_exits_at_once(env!("CARGO_BIN_EXE_example-echo-smol"), "smol");
+}
