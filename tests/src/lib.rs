@@ -28,6 +28,12 @@ pub mod proxy;
 pub mod wiretap;
 
 pub use vantiq_connector_smol::Smol;
+
+/// The repository README's code blocks, compiled as doc tests so they stay true (here, as
+/// the README lies outside every published package).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 pub use vantiq_connector_tokio::Tokio;
 
 /// How long any single wait in a scenario may take before the test fails.

@@ -1,34 +1,58 @@
 //! The echo connector on smol (contract: `vantiq_connector::test_util::echo`).
 //!
-//! Reads `./serverConfig/server.config` (or `./server.config`) from the working directory,
-//! serves every listed source, logs to stderr (`RUST_LOG` filters), exits 0 on Ctrl-C or
-//! SIGTERM and non-zero, with the reason on stderr, on a fatal error.
+//! Reads the `server.config` named by the first command-line argument, else the one named
+//! by `VANTIQ_SERVER_CONFIG`, else `./serverConfig/server.config` (or `./server.config`),
+//! serves every listed source, logs to stderr (`RUST_LOG` filters, default `info`), exits 0
+//! on Ctrl-C or SIGTERM (sockets closed with code 1000, queued notifications flushed) and
+//! non-zero, with the reason on stderr, on a fatal error.
 //!
 //! ```text
-//! cargo run -p vantiq-connector-smol --example echo_smol
+//! cargo run -p vantiq-connector-smol --example echo_smol -- serverConfig/devserver.config
 //! ```
 
 use std::process::ExitCode;
 
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use vantiq_connector::test_util::echo::Echo;
-use vantiq_connector_smol::Smol;
+use vantiq_connector_smol::{ConnectorError, ConnectorSet, SECRET_SAFE_LOG_DIRECTIVE};
 
-fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env();
-    let filter = filter.unwrap_or_else(|_| "info".into());
+/// Logs to stderr: `RUST_LOG` filters (default `info`), and the token never reaches the log
+/// whatever `RUST_LOG` says (see `SECRET_SAFE_LOG_DIRECTIVE`).
+fn init_logging() {
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Caps `tungstenite` at `debug` when `RUST_LOG` asks for `trace` anywhere. (Under a
+    // quieter filter it is not added: it would turn `tungstenite`'s debug lines on.)
+    if filter
+        .max_level_hint()
+        .is_none_or(|max| max > LevelFilter::DEBUG)
+        && let Ok(directive) = SECRET_SAFE_LOG_DIRECTIVE.parse()
+    {
+        filter = filter.add_directive(directive);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .init();
-    let set = match Echo::default_set::<Smol>() {
+}
+
+/// The echo connector for the `server.config` given as the first argument, or the default
+/// one.
+fn build() -> Result<ConnectorSet, ConnectorError> {
+    let set = match std::env::args_os().nth(1) {
+        Some(path) => ConnectorSet::from_config_file(path)?,
+        None => ConnectorSet::from_default_config()?,
+    };
+    let echo = Echo::new(set.health(), set.sources());
+    // One line: SIGINT/SIGTERM stop the set gracefully, and `run` then returns Ok.
+    Ok(set.handler(echo).shutdown_on_signals())
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let set = match build() {
         Ok(set) => set,
         Err(e) => return Echo::exit_code("echo_smol", Err(e)),
     };
-    let stop = set.shutdown_handle();
-    // ctrlc's `termination` feature covers SIGTERM as well as Ctrl-C.
-    if let Err(e) = ctrlc::set_handler(move || stop.shutdown()) {
-        eprintln!("echo_smol: cannot watch Ctrl-C/SIGTERM: {e}");
-        return ExitCode::FAILURE;
-    }
     Echo::exit_code("echo_smol", smol::block_on(set.run()))
 }

@@ -162,6 +162,11 @@ impl Runtime for Smol {
     }
 }
 
+/// This crate's README's code blocks, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// A connector set on smol. See [`vantiq_connector::ConnectorSet`].
 pub type ConnectorSet = vantiq_connector::ConnectorSet<Smol>;
 

@@ -12,14 +12,32 @@
 use std::time::Duration;
 
 use serde_json::json;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use vantiq_connector::test_util::echo::Echo;
-use vantiq_connector_tokio::{ConnectorSet, ServerConfig};
+use vantiq_connector_tokio::{ConnectorSet, SECRET_SAFE_LOG_DIRECTIVE, ServerConfig};
 use vantiq_testkit::TestServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // 0. Logs to stderr: `RUST_LOG` filters (default `info`); the token never reaches the log
+    //    whatever `RUST_LOG` says (see `SECRET_SAFE_LOG_DIRECTIVE`).
+    //    The directive is added only when `RUST_LOG` asks for `trace` somewhere: under a
+    //    quieter filter it would turn `tungstenite`'s debug lines on.
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if filter
+        .max_level_hint()
+        .is_none_or(|max| max > LevelFilter::DEBUG)
+    {
+        filter = filter.add_directive(SECRET_SAFE_LOG_DIRECTIVE.parse()?);
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+
     // 1. A local Vantiq server with one source, `Thermostat`, and its configuration.
     let server = TestServer::builder()
         .token("quickstart-token")
@@ -39,7 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let set = ConnectorSet::new(config);
     let echo = Echo::new(set.health(), set.sources());
-    let set = set.handler(echo);
+    // Ctrl-C stops it gracefully too (sockets closed with code 1000).
+    let set = set.handler(echo).shutdown_on_signals();
     let stop = set.shutdown_handle();
     let health = set.health();
     let connector = tokio::spawn(set.run());

@@ -180,9 +180,10 @@ impl Runtime for Tokio {
     }
 }
 
-/// The README's code blocks, compiled as doc tests so they stay true.
+/// This crate's README's code blocks, compiled as doc tests so they stay true. (The
+/// repository's README is compiled by `vantiq-e2e`: it lies outside this package.)
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
 /// A connector set on tokio. See [`vantiq_connector::ConnectorSet`].

@@ -100,7 +100,8 @@ pub use query::{DROPPED_CODE, HANDLER_FAILED_CODE, NO_HANDLER_CODE, Query};
 pub use runtime::{BoxFuture, Runtime, Timer};
 pub use secrets::SECRET_SAFE_LOG_DIRECTIVE;
 pub use set::{
-    ConnectorError, ConnectorSet, ShutdownHandle, load_config_file, load_config_from_dir,
+    ConnectorError, ConnectorSet, SERVER_CONFIG_ENV, ShutdownHandle, load_config_file,
+    load_config_from_dir, load_default_config,
 };
 pub use source::{NotifyError, Source, Stopped, TryNotifyError};
 pub use transport::TransportOptions;

@@ -24,8 +24,16 @@ use crate::settings::{self, Settings};
 use crate::source::Source;
 use crate::transport::{TransportOptions, tls_config};
 
+/// The environment variable naming the `server.config` file to use:
+/// [`ConnectorSet::from_default_config`] reads it before searching the working directory.
+pub const SERVER_CONFIG_ENV: &str = "VANTIQ_SERVER_CONFIG";
+
 /// Why a connector set could not be built or stopped running.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` output is the same sentence as its `Display` output, followed by the chain of
+/// underlying errors (`caused by: …`), so that a `main` returning
+/// `Result<(), ConnectorError>` prints `Error: <sentence>` rather than a struct dump.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectorError {
     /// No configuration file in any of the searched places.
@@ -38,6 +46,16 @@ pub enum ConnectorError {
     #[error("could not read {path}: {error}")]
     ConfigRead {
         /// The file.
+        path: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The file named by the environment variable [`SERVER_CONFIG_ENV`] could not be read.
+    #[error("could not read {path}, named by the environment variable {var}: {error}")]
+    ConfigEnvRead {
+        /// The environment variable ([`SERVER_CONFIG_ENV`]).
+        var: &'static str,
+        /// The file it names.
         path: String,
         /// The error.
         error: std::io::Error,
@@ -69,9 +87,35 @@ pub enum ConnectorError {
         /// What happened.
         error: FatalError,
     },
-    /// An operating-system resource the connector needs (a signal handler, …) failed.
+    /// [`ConnectorSet::shutdown_on_signals`] could not install its signal handler (only
+    /// one may be installed per process). Reported by [`ConnectorSet::run`].
+    #[error(
+        "could not install the SIGINT/SIGTERM handler of ConnectorSet::shutdown_on_signals: {0} \
+         (one handler per process: call shutdown_on_signals on one set only, and do not combine \
+         it with another Ctrl-C handler)"
+    )]
+    Signals(String),
+    /// An operating-system resource the connector needs failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The `Display` sentence, then each underlying error on a `caused by:` line.
+impl fmt::Debug for ConnectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            let text = e.to_string();
+            // `transparent` variants and messages that embed their cause repeat it: say
+            // each thing once.
+            if !self.to_string().ends_with(&text) {
+                write!(f, "\n  caused by: {text}")?;
+            }
+            source = e.source();
+        }
+        Ok(())
+    }
 }
 
 /// Stops a running connector set: every socket closes with code 1000, close handlers run,
@@ -133,6 +177,8 @@ pub struct ConnectorSet<R: Runtime> {
     config: ServerConfig,
     /// A key of this layer that did not parse: `run` reports it.
     config_error: Option<ConfigError>,
+    /// The signal handler of `shutdown_on_signals` could not be installed: `run` reports it.
+    signal_error: Option<String>,
     sources: Vec<Source>,
     handlers: Handlers,
     health: Health,
@@ -208,17 +254,49 @@ fn os_seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+/// Reads the configuration the way [`ConnectorSet::from_default_config`] does: the file
+/// named by the environment variable [`SERVER_CONFIG_ENV`] (`VANTIQ_SERVER_CONFIG`) when it
+/// is set and not empty, otherwise `serverConfig/server.config`, then `./server.config`,
+/// relative to `dir`. `env` looks environment variables up (`|k| std::env::var_os(k)` for the
+/// process's own); a relative path in the variable is taken relative to `dir`.
+///
+/// # Errors
+/// [`ConnectorError::ConfigEnvRead`] (naming the variable and the path) when the variable
+/// names a file that cannot be read; otherwise as [`load_config_from_dir`] and
+/// [`load_config_file`].
+pub fn load_default_config(
+    dir: &Path,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<ServerConfig, ConnectorError> {
+    match env(SERVER_CONFIG_ENV).filter(|p| !p.is_empty()) {
+        Some(path) => {
+            let path = dir.join(path);
+            load_config_file(&path).map_err(|e| match e {
+                ConnectorError::ConfigRead { path, error } => ConnectorError::ConfigEnvRead {
+                    var: SERVER_CONFIG_ENV,
+                    path,
+                    error,
+                },
+                other => other,
+            })
+        }
+        None => load_config_from_dir(dir),
+    }
+}
+
 impl<R: Runtime + Default> ConnectorSet<R> {
-    /// Loads `serverConfig/server.config` or `./server.config` from the working directory.
+    /// Loads the file named by the environment variable [`SERVER_CONFIG_ENV`]
+    /// (`VANTIQ_SERVER_CONFIG`) if it is set, otherwise `serverConfig/server.config` or
+    /// `./server.config` from the working directory (see [`load_default_config`]).
     ///
     /// # Errors
-    /// As [`load_config_from_dir`].
+    /// As [`load_default_config`].
     pub fn from_default_config() -> Result<Self, ConnectorError> {
         let dir = std::env::current_dir().map_err(|error| ConnectorError::ConfigRead {
             path: ".".to_owned(),
             error,
         })?;
-        Self::checked(load_config_from_dir(&dir)?)
+        Self::checked(load_default_config(&dir, |k| std::env::var_os(k))?)
     }
 
     /// Loads the given configuration file.
@@ -249,13 +327,13 @@ impl<R: Runtime> ConnectorSet<R> {
     /// A set on an explicit runtime value.
     #[must_use]
     pub fn with_runtime(runtime: R, mut config: ServerConfig) -> Self {
-        let (settings, config_error) = match settings::read(&config) {
+        let (mut settings, config_error) = match settings::read(&config) {
             Ok(s) => (s, None),
             Err(e) => (Settings::default(), Some(e)),
         };
-        // The SDK layer's own warnings join the file's, so `config().warnings()` lists all.
-        for w in &settings.warnings {
-            config.add_warning(w.clone());
+        // This layer's warnings join the file's, so `config().warnings()` lists them all.
+        for w in std::mem::take(&mut settings.warnings) {
+            config.add_warning(w);
         }
         for w in config.warnings() {
             tracing::warn!(origin = config.origin(), "{w}");
@@ -277,6 +355,7 @@ impl<R: Runtime> ConnectorSet<R> {
             runtime,
             config,
             config_error,
+            signal_error: None,
             sources,
             handlers: Handlers::default(),
             health,
@@ -318,6 +397,47 @@ impl<R: Runtime> ConnectorSet<R> {
         ShutdownHandle {
             tx: self.shutdown_tx.clone(),
         }
+    }
+
+    /// Stops the set gracefully on SIGINT (Ctrl-C), SIGTERM or SIGHUP (Ctrl-C, Ctrl-Break
+    /// and console close on Windows), on any runtime, as [`ShutdownHandle::shutdown`] does:
+    /// every socket closes with code 1000, close handlers run, the notifications already
+    /// queued are flushed (within the close timeout), and [`run`](Self::run) returns `Ok`,
+    /// so a `main` that maps `Ok` to exit status 0 exits 0.
+    ///
+    /// A second signal while the shutdown is under way (a flush to a slow server, a handler
+    /// that does not return) ends the process at once with exit status 130, the shell's
+    /// convention for a process ended by Ctrl-C: nothing more is flushed.
+    ///
+    /// The handler runs on a thread of its own (the `ctrlc` crate), so it needs nothing from
+    /// the runtime. Only one such handler may be installed per process: when installing it
+    /// fails (a second set, or another Ctrl-C handler, in the same process), `run` returns
+    /// [`ConnectorError::Signals`] naming the problem.
+    ///
+    /// ```no_run
+    /// use vantiq_connector::{ConnectorError, ConnectorSet, Runtime};
+    ///
+    /// async fn serve<R: Runtime + Default>() -> Result<(), ConnectorError> {
+    ///     let set = ConnectorSet::<R>::from_default_config()?.shutdown_on_signals();
+    ///     set.run().await // Ok(()) after SIGINT or SIGTERM
+    /// }
+    /// ```
+    #[must_use]
+    pub fn shutdown_on_signals(mut self) -> Self {
+        let stop = self.shutdown_handle();
+        let signalled = std::sync::atomic::AtomicBool::new(false);
+        let installed = ctrlc::set_handler(move || {
+            if signalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("second signal while shutting down: exiting at once");
+                std::process::exit(130);
+            }
+            tracing::info!("signal received: shutting down (a second signal exits at once)");
+            stop.shutdown();
+        });
+        if let Err(e) = installed {
+            self.signal_error = Some(e.to_string());
+        }
+        self
     }
 
     /// Socket settings (message size limit, buffer sizes, TLS verification).
@@ -398,7 +518,8 @@ impl<R: Runtime> ConnectorSet<R> {
 
     /// Runs every source until shutdown or a fatal error.
     ///
-    /// The graceful way to stop is the [`ShutdownHandle`]: every socket closes with code
+    /// The graceful way to stop is the [`ShutdownHandle`] (or, on SIGINT/SIGTERM,
+    /// [`shutdown_on_signals`](Self::shutdown_on_signals)): every socket closes with code
     /// 1000, close handlers run, queued notifications are flushed within the close timeout,
     /// and this returns `Ok`. Dropping the future instead cancels at once, on every runtime:
     /// every source task and the health probes stop, sockets are dropped without a close
@@ -407,10 +528,13 @@ impl<R: Runtime> ConnectorSet<R> {
     /// # Errors
     /// The first fatal error of any source (the others are shut down first), a handler for
     /// an unknown source, a `Handler` combined with `on_*` closures, a TLS or health probe
-    /// setup failure.
+    /// setup failure, a signal handler that could not be installed.
     pub async fn run(mut self) -> Result<(), ConnectorError> {
         if let Some(e) = self.config_error.take() {
             return Err(e.into());
+        }
+        if let Some(e) = self.signal_error.take() {
+            return Err(ConnectorError::Signals(e));
         }
         for name in self.handlers.per_source.keys() {
             if !self.config.sources().iter().any(|s| s == name) {

@@ -226,6 +226,7 @@ mod tests {
             (ConnectionState::Connecting, "connecting"),
             (ConnectionState::Configured, "configured"),
             (ConnectionState::WaitingToReconnect, "waiting to reconnect"),
+            (ConnectionState::Refused, "refused by the server"),
             (ConnectionState::Closed, "closed"),
             (ConnectionState::Failed, "failed"),
         ];

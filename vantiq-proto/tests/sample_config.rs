@@ -1,10 +1,14 @@
 //! The sample `serverConfig/server.config` parses cleanly and documents every key we read.
+//!
+//! The test reads a copy inside this package (`tests/data/server.config`), so that it runs
+//! from the published crate too; `vantiq-e2e`'s `config_files` test keeps the copy identical
+//! to the repository's sample.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use vantiq_proto::{ServerConfig, keys};
 
-const SAMPLE: &str = include_str!("../../serverConfig/server.config");
+const SAMPLE: &str = include_str!("data/server.config");
 
 #[test]
 fn sample_parses_without_warnings() {

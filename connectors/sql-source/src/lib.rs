@@ -28,8 +28,7 @@
 //! use vantiq_connector_tokio::ConnectorSet;
 //!
 //! let set = vantiq_sql_source::attach(ConnectorSet::from_default_config()?);
-//! let stop = set.shutdown_handle(); // stop.shutdown() on SIGTERM
-//! set.run().await
+//! set.shutdown_on_signals().run().await // Ok(()) after SIGINT or SIGTERM
 //! # }
 //! ```
 

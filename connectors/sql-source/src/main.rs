@@ -1,6 +1,7 @@
 //! The `vantiq-sql-source` binary.
 //!
-//! Reads `serverConfig/server.config` (or `./server.config`) from the working directory and
+//! Reads the `server.config` named by `VANTIQ_SERVER_CONFIG`, else `serverConfig/server.config`
+//! (or `./server.config`) from the working directory, and
 //! the token from `CONNECTOR_AUTH_TOKEN` (unless the file has `authToken`), serves every
 //! source listed there, logs to stderr (`RUST_LOG` filters, default `info`), serves the
 //! probes the configuration asks for, and exits 0 after a clean shutdown on SIGTERM or
@@ -8,13 +9,21 @@
 
 use std::process::ExitCode;
 
-use tokio::signal::unix::{SignalKind, signal};
-use vantiq_connector_tokio::{ConnectorError, ConnectorSet};
+use vantiq_connector_tokio::{ConnectorError, ConnectorSet, SECRET_SAFE_LOG_DIRECTIVE};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn".into());
+    // Caps `tungstenite` at `debug` (no frame payloads, so no token) when `RUST_LOG` asks
+    // for `trace` anywhere; under a quieter filter it would turn its debug lines on.
+    if filter
+        .max_level_hint()
+        .is_none_or(|max| max > tracing_subscriber::filter::LevelFilter::DEBUG)
+        && let Ok(directive) = SECRET_SAFE_LOG_DIRECTIVE.parse()
+    {
+        filter = filter.add_directive(directive);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
@@ -33,15 +42,5 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), ConnectorError> {
     let set = vantiq_sql_source::attach(ConnectorSet::from_default_config()?);
-    let stop = set.shutdown_handle();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        stop.shutdown();
-    });
-    set.run().await
+    set.shutdown_on_signals().run().await
 }

@@ -311,10 +311,8 @@ impl<R: Runtime> Driver<R> {
         };
         match result {
             Ok(()) => self.conn.handle_open(now),
-            Err(e) => {
-                tracing::info!(error = %e, "connect failed");
-                self.conn.handle_closed(now, SocketEnd::ConnectFailed(e));
-            }
+            // Logged by the connection, once per failed attempt, with the back-off.
+            Err(e) => self.conn.handle_closed(now, SocketEnd::ConnectFailed(e)),
         }
         self.after_input(now);
         true

@@ -173,10 +173,19 @@ pub struct Connection {
     stats: Stats,
     notification_prefix: String,
     last_failure: Option<Failure>,
+    /// The server refused `connectExtension` on the last attempt, and no session was
+    /// configured since: the state is [`ConnectionState::Refused`] while waiting.
+    refused: bool,
+    /// When a refusal was last logged at `ERROR` (cleared by a configured session).
+    refusal_logged: Option<Instant>,
     closing: Option<Closing>,
     /// Ended for a fatal error.
     failed: bool,
 }
+
+/// A refusal of the source that keeps happening is logged at `ERROR` at most this often
+/// (the attempts in between at `DEBUG`).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -220,6 +229,8 @@ impl Connection {
             events: VecDeque::new(),
             stats: Stats::default(),
             last_failure: None,
+            refused: false,
+            refusal_logged: None,
             closing: None,
             failed: false,
         };
@@ -245,6 +256,7 @@ impl Connection {
     #[must_use]
     pub fn state(&self) -> ConnectionState {
         match self.state {
+            State::Waiting { .. } if self.refused => ConnectionState::Refused,
             State::Waiting { .. } => ConnectionState::WaitingToReconnect,
             State::Connecting => ConnectionState::Connecting,
             State::Authenticating => ConnectionState::Authenticating,
@@ -788,6 +800,8 @@ impl Connection {
 
     fn on_configured(&mut self, now: Instant, config: Json) {
         self.state = State::Configured { since: now };
+        self.refused = false;
+        self.refusal_logged = None;
         self.deadlines.handshake = None;
         self.session += 1;
         self.stats.sessions += 1;
@@ -905,13 +919,15 @@ impl Connection {
         }
         // The socket is gone; until the back-off is chosen below, there is nothing to wait for.
         self.state = State::Waiting { until: now };
-        tracing::info!(source = %self.config.source, %failure, "connection failure");
+        self.refused = matches!(failure, Failure::Refused { .. });
         self.last_failure = Some(failure.clone());
         if self.closing.is_some() && self.offline.is_empty() {
+            tracing::info!(source = %self.config.source, %failure, "connection failure while closing");
             self.shutdown();
             return;
         }
         if self.config.fail_on_connection_error {
+            // Logged with the connection's end.
             self.fatal(FatalError::ConnectionFailed(failure));
             return;
         }
@@ -926,6 +942,50 @@ impl Connection {
             delay = delay.max(backoff.initial / 2);
         }
         self.state = State::Waiting { until: now + delay };
+        self.log_failure(now, &failure, delay);
+    }
+
+    /// One line per failed attempt, with the number of failures in a row and the wait before
+    /// the next attempt. A refused source is a configuration error a person must fix: `ERROR`
+    /// the first time, then at most once per [`REFUSAL_LOG_INTERVAL`] while it goes on.
+    fn log_failure(&mut self, now: Instant, failure: &Failure, delay: Duration) {
+        let failures = self.stats.consecutive_failures;
+        let retry_in = Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        if !self.refused {
+            tracing::info!(
+                source = %self.config.source,
+                %failure,
+                failures,
+                ?retry_in,
+                "connection failure; reconnecting"
+            );
+            return;
+        }
+        let due = self
+            .refusal_logged
+            .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            self.refusal_logged = Some(now);
+            tracing::error!(
+                source = %self.config.source,
+                %failure,
+                failures,
+                ?retry_in,
+                "the server refused source `{}` (connectExtension): is a source of that name \
+                 defined, as an extension source, in the namespace of the token, and served by \
+                 no other connector? Retrying with back-off; while this lasts it is logged \
+                 again at most once a minute",
+                self.config.source
+            );
+        } else {
+            tracing::debug!(
+                source = %self.config.source,
+                %failure,
+                failures,
+                ?retry_in,
+                "the server refused the source again"
+            );
+        }
     }
 
     fn fatal(&mut self, error: FatalError) {

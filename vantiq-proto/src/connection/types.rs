@@ -260,6 +260,11 @@ impl NotifyError {
 pub enum ConnectionState {
     /// Waiting before the next attempt (after a failure, or a session that ended).
     WaitingToReconnect,
+    /// Waiting before the next attempt after the server refused the source
+    /// (`connectExtension` rejected: no source of that name in the token's namespace, or not
+    /// an extension source). A configuration error: retried with back-off, logged at
+    /// `ERROR`.
+    Refused,
     /// A socket is being opened.
     Connecting,
     /// `validate`/`authenticate` sent.
@@ -277,12 +282,13 @@ pub enum ConnectionState {
 
 impl ConnectionState {
     /// The lower-case name used in logs and in the health probe's JSON: `waiting to
-    /// reconnect`, `connecting`, `authenticating`, `attaching`, `configured`, `closed`,
-    /// `failed`.
+    /// reconnect`, `refused by the server`, `connecting`, `authenticating`, `attaching`,
+    /// `configured`, `closed`, `failed`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             ConnectionState::WaitingToReconnect => "waiting to reconnect",
+            ConnectionState::Refused => "refused by the server",
             ConnectionState::Connecting => "connecting",
             ConnectionState::Authenticating => "authenticating",
             ConnectionState::Attaching => "attaching",
