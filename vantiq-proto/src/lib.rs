@@ -143,7 +143,7 @@ pub use config::{
 };
 pub use connection::{
     Connection, ConnectionConfig, ConnectionState, DisconnectReason, Event, Failure, FatalError,
-    KeepAlive, Limits, NotifyError, SocketEnd, Stats, Transmit, random_id,
+    KeepAlive, Limits, NotifyRefused, SocketEnd, Stats, Transmit, random_id,
 };
 pub use frame::{FrameError, Status};
 pub use json::Json;
