@@ -292,7 +292,7 @@ impl KitSource<'_> {
             .await
             .expect("notifications")
             .iter()
-            .map(Json::to_value)
+            .map(|j| j.to_value().expect("a notification tree"))
             .collect()
     }
 

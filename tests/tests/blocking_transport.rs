@@ -35,7 +35,7 @@ fn blocking_connector_runs_a_whole_session_and_reconnects() {
         });
         let b = kit.source("B");
         assert_eq!(
-            b.wait_configured().await.to_value(),
+            b.wait_configured().await.to_value().unwrap(),
             json!({"hello": "world"})
         );
         assert_eq!(

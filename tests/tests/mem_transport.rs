@@ -65,7 +65,7 @@ async fn notifications(ws: &mut WebSocketStream<Duplex>, got: &mut Vec<u64>, unt
         };
         if let Ok(ClientFrame::Notification { object, .. }) = ClientFrame::decode(&msg.into_data())
         {
-            got.push(object.to_value()["n"].as_u64().unwrap());
+            got.push(object.to_value().unwrap()["n"].as_u64().unwrap());
         }
     }
 }

@@ -26,7 +26,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::json::Json;
+use crate::json::{Json, push_json_string};
 
 /// `resourceName` of every source operation.
 pub const RESOURCE_SOURCES: &str = "sources";
@@ -160,7 +160,10 @@ impl StatusFrame {
         let Some(body) = &self.body else {
             return (None, None);
         };
-        let value = body.to_value();
+        // A body with no tree form (nested too deep) has no summary either.
+        let Ok(value) = body.to_value() else {
+            return (None, None);
+        };
         let first = match &value {
             serde_json::Value::Array(items) => items.first(),
             obj @ serde_json::Value::Object(_) => Some(obj),
@@ -775,7 +778,7 @@ impl ServerFrame {
             } => {
                 push_op_head(&mut out, "query", resource_id.as_deref());
                 out.push_str(",\"messageHeaders\":{\"REPLY_ADDR_HEADER\":");
-                push_json_str(&mut out, reply_address);
+                push_json_string(&mut out, reply_address);
                 out.push_str("},\"object\":");
                 out.push_str(object.as_str());
                 out.push('}');
@@ -786,7 +789,7 @@ impl ServerFrame {
             }
             ServerFrame::Unknown { op } => {
                 out.push_str("{\"op\":");
-                push_json_str(&mut out, op);
+                push_json_string(&mut out, op);
                 out.push('}');
             }
         }
@@ -896,7 +899,7 @@ impl ClientFrame {
                     "{\"op\":\"validate\",\"resourceName\":\"system.credentials\",\"object\":",
                 );
                 match token {
-                    Some(t) => push_json_str(&mut out, t),
+                    Some(t) => push_json_string(&mut out, t),
                     None => out.push_str("null"),
                 }
                 out.push('}');
@@ -905,9 +908,9 @@ impl ClientFrame {
                 out.push_str(
                     "{\"op\":\"authenticate\",\"resourceName\":\"system.credentials\",\"object\":{\"username\":",
                 );
-                push_json_str(&mut out, username);
+                push_json_string(&mut out, username);
                 out.push_str(",\"password\":");
-                push_json_str(&mut out, password);
+                push_json_string(&mut out, password);
                 out.push_str("}}");
             }
             ClientFrame::ConnectExtension {
@@ -917,7 +920,7 @@ impl ClientFrame {
                 push_op_head(&mut out, "connectExtension", Some(source));
                 if let Some(secret) = reconnect_secret {
                     out.push_str(",\"parameters\":{\"reconnectSecret\":");
-                    push_json_str(&mut out, secret);
+                    push_json_string(&mut out, secret);
                     out.push('}');
                 }
                 out.push('}');
@@ -940,7 +943,7 @@ impl ClientFrame {
             }
             ClientFrame::Unknown { op } => {
                 out.push_str("{\"op\":");
-                push_json_str(&mut out, op);
+                push_json_string(&mut out, op);
                 out.push('}');
             }
         }
@@ -958,7 +961,7 @@ fn push_op_head(out: &mut String, op: &str, resource_id: Option<&str>) {
     out.push_str("\",\"resourceName\":\"sources\"");
     if let Some(id) = resource_id {
         out.push_str(",\"resourceId\":");
-        push_json_str(out, id);
+        push_json_string(out, id);
     }
 }
 
@@ -974,7 +977,7 @@ pub(crate) fn notification_prefix(source: &str) -> String {
 pub(crate) fn reply_prefix(reply_address: &str) -> String {
     let mut out = String::with_capacity(40 + reply_address.len());
     out.push_str(",\"headers\":{\"X-Reply-Address\":");
-    push_json_str(&mut out, reply_address);
+    push_json_string(&mut out, reply_address);
     out.push('}');
     out
 }
@@ -1029,61 +1032,9 @@ fn push_i64(out: &mut String, n: i64) {
     let _ = write!(out, "{n}");
 }
 
-/// Appends `s` as a JSON string literal.
-pub(crate) fn push_json_str(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let esc: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0x08 => Some("\\b"),
-            0x0c => Some("\\f"),
-            0..=0x1f => None,
-            _ => continue,
-        };
-        out.push_str(s.get(start..i).unwrap_or_default());
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
-                out.push_str("\\u00");
-                out.push(char::from(
-                    HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
-                ));
-                out.push(char::from(
-                    HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0'),
-                ));
-            }
-        }
-        start = i + 1;
-    }
-    out.push_str(s.get(start..).unwrap_or_default());
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_string_escaping_round_trips() {
-        for s in [
-            "plain",
-            "quote\"back\\slash",
-            "ctl\u{1}\u{1f}\n\t\r\u{8}\u{c}",
-            "ünï😀",
-        ] {
-            let mut out = String::new();
-            push_json_str(&mut out, s);
-            let back: String = serde_json::from_str(&out).unwrap();
-            assert_eq!(back, s);
-            assert_eq!(out, serde_json::to_string(s).unwrap());
-        }
-    }
 
     #[test]
     fn status_classes() {

@@ -101,7 +101,9 @@ fn numbers(transmits: &[Transmit]) -> Vec<u64> {
         .iter()
         .filter_map(|t| match t {
             Transmit::Frame(f) => match ClientFrame::decode(f.as_bytes()).unwrap() {
-                ClientFrame::Notification { object, .. } => object.to_value()["n"].as_u64(),
+                ClientFrame::Notification { object, .. } => {
+                    object.to_value().unwrap()["n"].as_u64()
+                }
                 _ => None,
             },
             _ => None,

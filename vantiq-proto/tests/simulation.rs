@@ -1083,7 +1083,7 @@ fn chaos_keeps_the_protocol_and_the_order() {
         let got: Vec<u64> = sim
             .notifications()
             .iter()
-            .map(|j| j.to_value()["n"].as_u64().unwrap())
+            .map(|j| j.to_value().unwrap()["n"].as_u64().unwrap())
             .collect();
         assert!(
             got.windows(2).all(|w| w[0] < w[1]),

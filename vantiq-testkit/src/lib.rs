@@ -92,7 +92,7 @@
 //! let config = ws.next().await.ok_or("closed")??;
 //! match ServerFrame::decode(&config.into_data())? {
 //!     ServerFrame::ConfigureExtension { config, .. } => {
-//!         assert_eq!(config.to_value(), json!({"pollMs": 500}))
+//!         assert_eq!(config.to_value()?, json!({"pollMs": 500}))
 //!     }
 //!     other => panic!("{other:?}"),
 //! }

@@ -144,7 +144,7 @@ impl Peer {
         while until.is_none_or(|n| got.len() < n) {
             match self.next_frame().await {
                 Some(ClientFrame::Notification { object, .. }) => {
-                    got.push(object.to_value()["n"].as_u64().unwrap());
+                    got.push(object.to_value().unwrap()["n"].as_u64().unwrap());
                 }
                 Some(_) => {}
                 None => break,

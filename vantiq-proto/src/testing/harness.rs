@@ -210,7 +210,7 @@ impl Harness {
                     }
                     match f {
                         ClientFrame::Notification { object, .. } => {
-                            let v = object.to_value();
+                            let v = object.to_value().expect("a notification the harness sent");
                             self.transmitted.push(v["n"].as_u64().unwrap());
                         }
                         ClientFrame::QueryReply(r) => {
