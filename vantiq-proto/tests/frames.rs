@@ -244,13 +244,31 @@ fn not_json_and_not_objects() {
         ("\"s\"", "a string"),
         ("true", "a boolean"),
         ("null", "null"),
-    ] {
+        // What follows the first value does not matter once it is not an object: the frame
+        // is refused as soon as its kind is known, whether truncated, too deep or trailed.
+        ("[1,", "an array"),
+        ("[{\"op\":\"publish\"}] x", "an array"),
+        ("\"s\" {}", "a string"),
+    ]
+    .map(|(text, found)| (text.to_owned(), found))
+    .into_iter()
+    .chain([("[".repeat(10_000), "an array")])
+    {
         assert_eq!(
             ServerFrame::decode(text.as_bytes()),
             Err(FrameError::NotAnObject { found }),
             "{text}"
         );
+        assert_eq!(
+            ClientFrame::decode(text.as_bytes()),
+            Err(FrameError::NotAnObject { found }),
+            "{text}"
+        );
     }
+    assert_eq!(
+        ServerFrame::decode(b"[1,2]").unwrap_err().to_string(),
+        "frame is JSON but not an object (found an array)"
+    );
     for bytes in [
         &b""[..],
         b"{",
@@ -269,6 +287,22 @@ fn not_json_and_not_objects() {
             ServerFrame::decode(bytes)
         );
     }
+}
+
+#[test]
+fn escaped_keys_are_matched() {
+    let f = ServerFrame::decode(
+        br#"{"\u006fp":"query","messageHe\u0061ders":{"REPLY_ADDR_H\u0045ADER":"r\n1"},"object":null}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        f,
+        ServerFrame::Query {
+            resource_id: None,
+            reply_address: "r\n1".into(),
+            object: json("{}")
+        }
+    );
 }
 
 #[test]
