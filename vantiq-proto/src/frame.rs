@@ -499,11 +499,11 @@ impl<'de, F: Fields<'de>> Visitor<'de> for Lenient<'_, F> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
         if F::READS_KEYS {
-            while let Some(key) = map.next_key::<Node<'de>>()? {
+            while let Some(Text(key)) = map.next_key()? {
                 match key {
-                    Node::Str(key) => self.0.field(&key, &mut map)?,
+                    Some(key) => self.0.field(&key, &mut map)?,
                     // JSON keys are strings; this is for other deserializers.
-                    _ => {
+                    None => {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
@@ -526,13 +526,23 @@ impl<'de> de::Deserialize<'de> for Node<'de> {
 
 /// The string under `key` in the object that is the map's next value: `None` when that value
 /// is not an object, or the key is absent or not a string.
+#[inline]
 fn pick_text<'de, A: MapAccess<'de>>(
     map: &mut A,
     key: &'static str,
 ) -> Result<Option<Cow<'de, str>>, A::Error> {
-    let mut pick = Pick::<Node<'de>>::new(key);
+    let mut pick = Pick::<Text<'de>>::new(key);
     map.next_value_seed(Lenient(&mut pick))?;
-    Ok(pick.found.and_then(|n| n.text().ok()))
+    Ok(pick.found.and_then(|t| t.0))
+}
+
+/// A string value; any other value is read and gives `None`.
+struct Text<'de>(Option<Cow<'de, str>>);
+
+impl<'de> de::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Node::deserialize(d).map(|n| Text(n.text().ok()))
+    }
 }
 
 /// Every field of either direction, borrowed from the input where possible.
