@@ -310,7 +310,9 @@ impl fmt::Debug for ClientFrame {
 // ---------------------------------------------------------------------------------------------
 
 /// A field as found: absent, usable, or present with a type we cannot use.
+#[derive(Default)]
 enum Found<T> {
+    #[default]
     Absent,
     Value(T),
     WrongType,
@@ -322,12 +324,6 @@ impl<T> Found<T> {
             Found::Value(v) => Some(v),
             _ => None,
         }
-    }
-}
-
-impl<T> Default for Found<T> {
-    fn default() -> Self {
-        Found::Absent
     }
 }
 
