@@ -325,6 +325,17 @@ async fn error_codes(db: TestDb) -> TestResult {
         "Request must be a map".to_owned(),
         "template",
     )?;
+    // Parameters nested past serde_json's tree limit (128 levels) cannot be read either.
+    let mut deep = json!(1);
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    let r = env.query(json!({"query": "SELECT 1", "x": deep})).await?;
+    ensure_eq(
+        expect_error(&r, errors::INVALID_QUERY_REQUEST)?,
+        "Request must be a map".to_owned(),
+        "template of too deep parameters",
+    )?;
 
     let r = env.query(json!({"query": "SELECT * FROM missing"})).await?;
     let text = expect_error(&r, errors::SQL_EXCEPTION)?;
