@@ -649,7 +649,7 @@ async fn collect(h: SourceHandle, epoch: Arc<Epoch>) {
         {
             let mut s = epoch.seen.lock().unwrap();
             for item in items {
-                let v = item.to_value();
+                let v = item.to_value().expect("a notification tree");
                 if let Some(k) = num(&v, "a") {
                     s.a_next = s.a_next.max(k + 1);
                 } else if let Some(k) = num(&v, "p") {
@@ -1005,7 +1005,8 @@ async fn run_epoch<R: TestRuntime>(
         let on_wire = on_wire.clone();
         tap.set_inspector(Some(Arc::new(move |payload: &[u8]| {
             if let Ok(ClientFrame::Notification { object, .. }) = ClientFrame::decode(payload)
-                && let Some(k) = num(&object.to_value(), "a")
+                && let Ok(v) = object.to_value()
+                && let Some(k) = num(&v, "a")
             {
                 on_wire.lock().unwrap().insert(k);
             }
@@ -1188,7 +1189,7 @@ async fn run_epoch<R: TestRuntime>(
     let (mut a, mut b, mut p) = (Vec::new(), Vec::new(), Vec::new());
     for f in &frames {
         if let ClientFrame::Notification { object, .. } = &f.frame {
-            let v = object.to_value();
+            let v = object.to_value().expect("a notification tree");
             if let Some(k) = num(&v, "a") {
                 a.push((k, f.connection));
             } else if let Some(k) = num(&v, "b") {

@@ -290,16 +290,23 @@ impl KitSource<'_> {
             .expect("disconnect");
     }
 
-    /// Waits until at least `n` notifications arrived in all; returns all of them as values.
+    /// Waits until at least `n` notifications arrived in all; returns all of them as values
+    /// (see [`KitSource::notifications_json`] when one may have no tree form).
     pub async fn notifications(&self, n: usize) -> Vec<serde_json::Value> {
+        self.notifications_json(n)
+            .await
+            .iter()
+            .map(|j| j.to_value().expect("a notification tree"))
+            .collect()
+    }
+
+    /// Waits until at least `n` notifications arrived in all; returns all of them as sent.
+    pub async fn notifications_json(&self, n: usize) -> Vec<Json> {
         let h = self.handle.clone();
         self.kit
             .on(async move { h.wait_notifications(n, WAIT).await })
             .await
             .expect("notifications")
-            .iter()
-            .map(Json::to_value)
-            .collect()
     }
 
     /// Sends `reconnectRequired`, with a new configuration if given.

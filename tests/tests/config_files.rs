@@ -88,7 +88,7 @@ fn the_devserver_config_matches_the_devserver() {
         let running = start(set.handler(echo));
         let thermo = kit.source("Thermo");
         assert_eq!(
-            thermo.wait_configured().await.to_value(),
+            thermo.wait_configured().await.to_value().unwrap(),
             json!({"pollMs": 500})
         );
         running.stop(&kit).await.unwrap();

@@ -61,7 +61,10 @@ async fn handshake_and_config<R: TestRuntime>() {
     let source = set.source("s1").unwrap();
     let running = start(set);
     let s1 = kit.source("s1");
-    assert_eq!(s1.wait_configured().await.to_value(), json!({"a": 1}));
+    assert_eq!(
+        s1.wait_configured().await.to_value().unwrap(),
+        json!({"a": 1})
+    );
     assert_eq!(
         s1.notifications(1).await,
         vec![json!({"connected": true, "config": {"a": 1}})]
@@ -70,7 +73,10 @@ async fn handshake_and_config<R: TestRuntime>() {
         .await
         .unwrap();
     assert_eq!(source.state(), ConnectionState::Configured);
-    assert_eq!(source.config().unwrap().to_value(), json!({"a": 1}));
+    assert_eq!(
+        source.config().unwrap().to_value().unwrap(),
+        json!({"a": 1})
+    );
     let secret = s1.handle().reconnect_secret().unwrap();
     assert!(
         secret.starts_with("s1_") && secret.len() == "s1_".len() + 36,
@@ -154,7 +160,7 @@ struct Replies;
 
 impl Handler for Replies {
     async fn on_query(&self, _source: &Source, mut query: Query) -> HandlerResult {
-        let kind = query.params().to_value()["kind"]
+        let kind = query.params().to_value().unwrap()["kind"]
             .as_str()
             .unwrap_or("")
             .to_owned();
@@ -298,7 +304,10 @@ struct Careless;
 
 impl Handler for Careless {
     async fn on_query(&self, _source: &Source, mut query: Query) -> HandlerResult {
-        match query.params().to_value()["do"].as_str().unwrap_or("") {
+        match query.params().to_value().unwrap()["do"]
+            .as_str()
+            .unwrap_or("")
+        {
             "drop" => drop(query),
             "partial-then-drop" => {
                 query.partial(&json!([{"x": 1}])).await?;
@@ -684,7 +693,10 @@ async fn many_sources<R: TestRuntime>() {
     let running = start(echo_set::<R>(&kit, &refs, ""));
     for (i, n) in names.iter().enumerate() {
         let s = kit.source(n);
-        assert_eq!(s.wait_configured().await.to_value(), json!({"i": i}));
+        assert_eq!(
+            s.wait_configured().await.to_value().unwrap(),
+            json!({"i": i})
+        );
         s.publish(json!({"to": n})).await;
     }
     for (i, n) in names.iter().enumerate() {
@@ -756,7 +768,7 @@ async fn notify_errors_and_back_pressure<R: TestRuntime>() {
         match source.try_notify(&json!({"n": accepted})) {
             Ok(()) => accepted += 1,
             Err(TryNotifyError::Full(j)) => {
-                assert_eq!(j.to_value(), json!({"n": accepted}));
+                assert_eq!(j.to_value().unwrap(), json!({"n": accepted}));
                 break;
             }
             Err(e) => panic!("{e}"),
@@ -813,7 +825,7 @@ struct Gated {
 
 impl Handler for Gated {
     async fn on_publish(&self, source: &Source, message: Json) -> HandlerResult {
-        if message.to_value()["wait"] == json!(true) {
+        if message.to_value().unwrap()["wait"] == json!(true) {
             let _ = self.gate.recv().await;
         }
         source.notify_json(message).await?;

@@ -116,7 +116,10 @@ async fn tls_verified_rejected_and_disabled<R: TestRuntime>() {
         .extra_root_certificates
         .push(front.ca.clone());
     let running = start(set);
-    assert_eq!(s1.wait_configured().await.to_value(), json!({"tls": true}));
+    assert_eq!(
+        s1.wait_configured().await.to_value().unwrap(),
+        json!({"tls": true})
+    );
     s1.publish(json!({"over": "tls"})).await;
     assert_eq!(s1.notifications(2).await[1], json!({"over": "tls"}));
     running.stop(&kit).await.unwrap();

@@ -41,7 +41,7 @@
 //!             Ok(())
 //!         })
 //!         .on_query(|_source, query| async move {
-//!             let rows = query.params().try_to_value()?["rows"].as_u64().unwrap_or(0);
+//!             let rows = query.params().to_value()?["rows"].as_u64().unwrap_or(0);
 //!             if rows > 10_000 {
 //!                 let e = QueryError::new("echo.tooMany", "{0} rows is too many", [rows]);
 //!                 query.error(e).await?;

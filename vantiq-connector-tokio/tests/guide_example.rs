@@ -81,14 +81,14 @@ async fn thermostat_notifies_and_answers_queries() -> Result<(), Box<dyn std::er
     // Vantiq's side: wait for the connector, publish, read the notifications.
     let thermo = server.source("Thermo")?;
     assert_eq!(
-        thermo.wait_configured(WAIT).await?.try_to_value()?,
+        thermo.wait_configured(WAIT).await?.to_value()?,
         json!({ "room": "kitchen" })
     );
     thermo.publish(json!({ "setPoint": 21.5 })).await?;
     thermo.publish(json!({ "setPoint": 19.0 })).await?;
     let notes = thermo.wait_notifications(2, WAIT).await?;
-    assert_eq!(notes[0].try_to_value()?, json!({ "setPoint": 21.5 }));
-    assert_eq!(notes[1].try_to_value()?, json!({ "setPoint": 19.0 }));
+    assert_eq!(notes[0].to_value()?, json!({ "setPoint": 21.5 }));
+    assert_eq!(notes[1].to_value()?, json!({ "setPoint": 19.0 }));
 
     // A query, as `SELECT * FROM SOURCE Thermo WITH last = 1` sends it.
     let result = thermo.query(json!({ "last": 1 })).await?;
@@ -97,7 +97,7 @@ async fn thermostat_notifies_and_answers_queries() -> Result<(), Box<dyn std::er
     // Parameters of the wrong shape: the handler's error is the query's error reply.
     match thermo.query(json!({ "last": "all" })).await {
         Err(TestkitError::QueryFailed { result, .. }) => {
-            let error = result.error_body().unwrap().try_to_value()?;
+            let error = result.error_body().unwrap().to_value()?;
             assert_eq!(error["messageCode"], "io.vantiq.connector.queryFailed");
         }
         other => panic!("expected a query error, got {other:?}"),

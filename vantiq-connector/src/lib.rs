@@ -70,7 +70,7 @@
 //!         Ok(())
 //!     })
 //!     .on_query(|_source, query| async move {
-//!         let n = query.params().try_to_value()?["rows"].as_u64().unwrap_or(0);
+//!         let n = query.params().to_value()?["rows"].as_u64().unwrap_or(0);
 //!         if n > 1000 {
 //!             query.error(QueryError::new("demo.tooMany", "{0} rows is too many", [n])).await?;
 //!         } else {
@@ -113,6 +113,6 @@ pub use vantiq_health::{Health, HealthConfig, HealthError, HealthReport, Readine
 pub use vantiq_proto as proto;
 pub use vantiq_proto::{
     Backoff, ConfigError, ConnectionConfig, ConnectionState, Credentials, DisconnectReason,
-    Failure, FatalError, Json, KeepAlive, Limits, Properties, QueryError, QueryId, ReplyError,
-    Secret, ServerConfig, TargetUrl,
+    Failure, FatalError, Json, JsonTreeError, KeepAlive, Limits, Properties, QueryError, QueryId,
+    ReplyError, Secret, ServerConfig, TargetUrl,
 };

@@ -102,7 +102,7 @@ fn graceful_close_mid_burst(acks: bool, close_after: usize) {
             let mut got = Vec::new();
             while got.len() < close_after {
                 if let Some(ClientFrame::Notification { object, .. }) = first.next_frame().await {
-                    got.push(object.to_value()["n"].as_u64().unwrap());
+                    got.push(object.to_value().unwrap()["n"].as_u64().unwrap());
                 }
             }
             first.close(1001, "bye").await.unwrap();
@@ -432,7 +432,7 @@ fn back_pressure_pauses_reading_and_resumes() {
                 }
                 seen.lock()
                     .unwrap()
-                    .push(m.to_value()["n"].as_u64().unwrap());
+                    .push(m.to_value().unwrap()["n"].as_u64().unwrap());
                 Ok(())
             }
         }
@@ -583,7 +583,7 @@ fn a_handler_that_never_returns_does_not_stop_the_connector() {
                 let mut got = Vec::new();
                 while let Some(f) = peer.next_frame().await {
                     if let ClientFrame::Notification { object, .. } = f {
-                        got.push(object.to_value()["n"].as_u64().unwrap());
+                        got.push(object.to_value().unwrap()["n"].as_u64().unwrap());
                     }
                 }
                 got

@@ -23,7 +23,7 @@ use vantiq_proto::server::{RegistryEvent, ServerError};
 /// The number `n` of a `{"n": …}` notification.
 fn number(msg: &Message) -> Option<u64> {
     match ClientFrame::decode(&msg.clone().into_data()) {
-        Ok(ClientFrame::Notification { object, .. }) => object.to_value()["n"].as_u64(),
+        Ok(ClientFrame::Notification { object, .. }) => object.to_value().unwrap()["n"].as_u64(),
         _ => None,
     }
 }

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vantiq_proto::ConnectionState;
+use vantiq_proto::json::push_json_string;
 
 use crate::HealthError;
 use crate::sync::lock;
@@ -75,15 +75,15 @@ impl HealthReport {
     pub fn readyz_json(&self) -> String {
         let mut out = String::with_capacity(48 + 32 * self.sources.len());
         out.push_str("{\"status\":");
-        push_json_str(&mut out, self.readiness().as_str());
+        push_json_string(&mut out, self.readiness().as_str());
         out.push_str(",\"sources\":{");
         for (i, (name, state)) in self.sources.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            push_json_str(&mut out, name);
+            push_json_string(&mut out, name);
             out.push(':');
-            push_json_str(&mut out, state.as_str());
+            push_json_string(&mut out, state.as_str());
         }
         out.push_str("}}");
         out
@@ -94,26 +94,6 @@ impl HealthReport {
         let status = if self.alive { "alive" } else { "not alive" };
         format!("{{\"status\":\"{status}\"}}")
     }
-}
-
-/// Appends `s` as a JSON string literal.
-pub(crate) fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
-                // Writing to a String cannot fail.
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// The mutable health state, shared with the HTTP probe's threads.
@@ -277,10 +257,13 @@ mod tests {
     }
 
     #[test]
-    fn json_strings_are_escaped() {
-        let mut out = String::new();
-        push_json_str(&mut out, "a\"b\\c\nd\u{1}e\u{7f}é");
-        assert_eq!(out, r#""a\"b\\c\nd\u0001e\u007fé""#);
+    fn source_names_are_escaped_in_readyz() {
+        // The core's escaper, as serde_json escapes: DEL and non-ASCII stay as they are.
+        let name = "a\"b\\c\nd\u{1}e\u{7f}é";
+        assert_eq!(
+            status(Some(true), &[(name, ConnectionState::Configured)]).readyz_json(),
+            "{\"status\":\"ready\",\"sources\":{\"a\\\"b\\\\c\\nd\\u0001e\u{7f}é\":\"configured\"}}"
+        );
     }
 
     #[test]

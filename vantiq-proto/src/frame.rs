@@ -26,7 +26,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::json::Json;
+use crate::json::{Json, push_json_string};
 
 /// `resourceName` of every source operation.
 pub const RESOURCE_SOURCES: &str = "sources";
@@ -160,7 +160,10 @@ impl StatusFrame {
         let Some(body) = &self.body else {
             return (None, None);
         };
-        let value = body.to_value();
+        // A body with no tree form (nested too deep) has no summary either.
+        let Ok(value) = body.to_value() else {
+            return (None, None);
+        };
         let first = match &value {
             serde_json::Value::Array(items) => items.first(),
             obj @ serde_json::Value::Object(_) => Some(obj),
@@ -307,7 +310,9 @@ impl fmt::Debug for ClientFrame {
 // ---------------------------------------------------------------------------------------------
 
 /// A field as found: absent, usable, or present with a type we cannot use.
+#[derive(Default)]
 enum Found<T> {
+    #[default]
     Absent,
     Value(T),
     WrongType,
@@ -322,7 +327,222 @@ impl<T> Found<T> {
     }
 }
 
+// Every part of a frame is read by one visitor, `Lenient`: a value comes back as a `Node`
+// (its text or number, or only its kind), and the keys of an object go to a `Fields` table,
+// which reads the values it needs and skips the others. Nothing is rejected for its type
+// unless the table refuses a value that is not an object (the frame itself), and then the
+// table records what was found: the outcome never depends on serde_json's message text.
+
+/// What one JSON value was.
+enum Node<'de> {
+    /// A string, borrowed from the input unless it contains escapes.
+    Str(Cow<'de, str>),
+    /// An integer (one above `i64::MAX` saturates).
+    Int(i64),
+    /// A number with a fraction or an exponent.
+    Float(f64),
+    /// An object, whose keys went to the [`Fields`] table.
+    Object,
+    /// `true`, `false`, `null` or an array (skipped).
+    Other,
+}
+
+impl<'de> Node<'de> {
+    /// The text, if the value is a string.
+    fn text(self) -> Found<Cow<'de, str>> {
+        match self {
+            Node::Str(s) => Found::Value(s),
+            _ => Found::WrongType,
+        }
+    }
+
+    /// A status: any JSON number (truncated), or a string holding one.
+    fn status(self) -> Found<Status> {
+        match self {
+            Node::Int(n) => Found::Value(Status(n)),
+            Node::Float(f) => float_status(f),
+            Node::Str(s) => {
+                let t = s.trim();
+                if let Ok(n) = t.parse::<i64>() {
+                    return Found::Value(Status(n));
+                }
+                t.parse::<f64>().map_or(Found::WrongType, float_status)
+            }
+            Node::Object | Node::Other => Found::WrongType,
+        }
+    }
+}
+
+fn float_status(f: f64) -> Found<Status> {
+    if f.is_finite() {
+        // `as` saturates for out-of-range floats, which is what we want here.
+        #[allow(clippy::cast_possible_truncation)]
+        Found::Value(Status(f.trunc() as i64))
+    } else {
+        Found::WrongType
+    }
+}
+
+/// The keys of one JSON object that a frame needs.
+trait Fields<'de> {
+    /// Whether the keys are looked at; when false, objects are skipped whole.
+    const READS_KEYS: bool = true;
+
+    /// Reads the value of `key` (`map.next_value…`), or skips it.
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
+
+    /// Told what a value that is not an object is (`"a string"`, `"an array"`, …): `false`
+    /// stops the parse there with an error. By default such a value is taken as it is.
+    fn accept(&mut self, _found: &'static str) -> bool {
+        true
+    }
+}
+
+/// Reads no key: objects where text or a number belongs.
+struct Skip;
+
+impl<'de> Fields<'de> for Skip {
+    const READS_KEYS: bool = false;
+
+    fn field<A: MapAccess<'de>>(&mut self, _key: &str, map: &mut A) -> Result<(), A::Error> {
+        map.next_value::<IgnoredAny>()?;
+        Ok(())
+    }
+}
+
+/// One key of an object, read as a `T` (the last occurrence wins).
+struct Pick<T> {
+    key: &'static str,
+    found: Option<T>,
+}
+
+impl<T> Pick<T> {
+    fn new(key: &'static str) -> Self {
+        Pick { key, found: None }
+    }
+}
+
+impl<'de, T: de::Deserialize<'de>> Fields<'de> for Pick<T> {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        if key == self.key {
+            self.found = Some(map.next_value()?);
+        } else {
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+/// The visitor: reads any value into a [`Node`], an object's keys into the table `F`.
+struct Lenient<'f, F>(&'f mut F);
+
+impl<'de, F: Fields<'de>> Lenient<'_, F> {
+    fn other<E: de::Error>(self, node: Node<'de>, found: &'static str) -> Result<Node<'de>, E> {
+        if self.0.accept(found) {
+            Ok(node)
+        } else {
+            Err(E::custom(format_args!(
+                "expected a JSON object, found {found}"
+            )))
+        }
+    }
+}
+
+impl<'de, F: Fields<'de>> DeserializeSeed<'de> for Lenient<'_, F> {
+    type Value = Node<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, F: Fields<'de>> Visitor<'de> for Lenient<'_, F> {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Node<'de>, E> {
+        self.other(Node::Str(Cow::Borrowed(v)), STRING)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node<'de>, E> {
+        self.other(Node::Str(Cow::Owned(v.to_owned())), STRING)
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Node<'de>, E> {
+        self.other(Node::Str(Cow::Owned(v)), STRING)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Node<'de>, E> {
+        self.other(Node::Other, "a boolean")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node<'de>, E> {
+        self.other(Node::Int(v), NUMBER)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node<'de>, E> {
+        self.other(Node::Int(i64::try_from(v).unwrap_or(i64::MAX)), NUMBER)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node<'de>, E> {
+        self.other(Node::Float(v), NUMBER)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Node<'de>, E> {
+        self.other(Node::Other, "null")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        // Refused before its elements are read: an array frame is "not an object" even when
+        // it is truncated or nested too deep.
+        let node = self.other(Node::Other, "an array")?;
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(node)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        if F::READS_KEYS {
+            while let Some(Text(key)) = map.next_key()? {
+                match key {
+                    Some(key) => self.0.field(&key, &mut map)?,
+                    // JSON keys are strings; this is for other deserializers.
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+        } else {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        }
+        Ok(Node::Object)
+    }
+}
+
+const STRING: &str = "a string";
+const NUMBER: &str = "a number";
+
+impl<'de> de::Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Lenient(&mut Skip).deserialize(d)
+    }
+}
+
+/// The string under `key` in the object that is the map's next value: `None` when that value
+/// is not an object, or the key is absent or not a string.
+#[inline]
+fn pick_text<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    key: &'static str,
+) -> Result<Option<Cow<'de, str>>, A::Error> {
+    let mut pick = Pick::<Text<'de>>::new(key);
+    map.next_value_seed(Lenient(&mut pick))?;
+    Ok(pick.found.and_then(|t| t.0))
+}
+
+/// A string value; any other value is read and gives `None`.
+struct Text<'de>(Option<Cow<'de, str>>);
+
+impl<'de> de::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Node::deserialize(d).map(|n| Text(n.text().ok()))
+    }
+}
+
 /// Every field of either direction, borrowed from the input where possible.
+#[derive(Default)]
 struct Wire<'a> {
     op: Found<Cow<'a, str>>,
     resource_id: Option<Cow<'a, str>>,
@@ -332,292 +552,49 @@ struct Wire<'a> {
     headers_reply: Option<Cow<'a, str>>,
     body: Option<&'a RawValue>,
     reconnect_secret: Option<Cow<'a, str>>,
+    /// What the frame was instead of an object (the parse stopped there).
+    not_an_object: Option<&'static str>,
 }
 
-/// An object key: borrowed from the input unless it contains escapes. (Deserializing a
-/// `Cow<str>` always allocates: serde's `Cow` implementation goes through `String`.)
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> de::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v)))
+impl<'de> Fields<'de> for Wire<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "op" => self.op = map.next_value::<Node<'de>>()?.text(),
+            "resourceId" => self.resource_id = map.next_value::<Node<'de>>()?.text().ok(),
+            "object" => self.object = Some(map.next_value()?),
+            "status" => self.status = map.next_value::<Node<'de>>()?.status(),
+            "messageHeaders" => self.message_headers_reply = pick_text(map, REPLY_ADDR_HEADER)?,
+            "headers" => self.headers_reply = pick_text(map, X_REPLY_ADDRESS)?,
+            "body" => self.body = Some(map.next_value()?),
+            "parameters" => self.reconnect_secret = pick_text(map, "reconnectSecret")?,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
             }
         }
-        d.deserialize_str(V)
-    }
-}
-
-/// A string if the value is one; any other value is consumed and reported as the wrong type.
-struct LenientStr<'a>(Found<Cow<'a, str>>);
-
-impl<'de> de::Deserialize<'de> for LenientStr<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LenientStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(LenientStr(Found::Value(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(LenientStr(Found::Value(Cow::Owned(v.to_owned()))))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(LenientStr(Found::Value(Cow::Owned(v))))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(LenientStr(Found::WrongType))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(LenientStr(Found::WrongType))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(LenientStr(Found::WrongType))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(LenientStr(Found::WrongType))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(LenientStr(Found::WrongType))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(LenientStr(Found::WrongType))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(LenientStr(Found::WrongType))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A status: any JSON number, or a string holding one.
-struct LenientStatus(Found<Status>);
-
-impl<'de> de::Deserialize<'de> for LenientStatus {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LenientStatus;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a status number")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(LenientStatus(Found::Value(Status(v))))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(LenientStatus(Found::Value(Status(
-                    i64::try_from(v).unwrap_or(i64::MAX),
-                ))))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                if v.is_finite() {
-                    // `as` saturates for out-of-range floats, which is what we want here.
-                    #[allow(clippy::cast_possible_truncation)]
-                    Ok(LenientStatus(Found::Value(Status(v.trunc() as i64))))
-                } else {
-                    Ok(LenientStatus(Found::WrongType))
-                }
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                let t = v.trim();
-                if let Ok(n) = t.parse::<i64>() {
-                    return Ok(LenientStatus(Found::Value(Status(n))));
-                }
-                match t.parse::<f64>() {
-                    Ok(f) => self.visit_f64(f),
-                    Err(_) => Ok(LenientStatus(Found::WrongType)),
-                }
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(LenientStatus(Found::WrongType))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(LenientStatus(Found::WrongType))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(LenientStatus(Found::WrongType))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(LenientStatus(Found::WrongType))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Picks one string-valued key out of an object; anything else gives `None`.
-struct PickKey(&'static str);
-
-impl<'de> DeserializeSeed<'de> for PickKey {
-    type Value = Option<Cow<'de, str>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        struct V(&'static str);
-        impl<'de> Visitor<'de> for V {
-            type Value = Option<Cow<'de, str>>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut found = None;
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    if key.0 == self.0 {
-                        found = map.next_value::<LenientStr<'de>>()?.0.ok();
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(found)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(None)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-        }
-        d.deserialize_any(V(self.0))
-    }
-}
-
-struct WireVisitor;
-
-impl<'de> Visitor<'de> for WireVisitor {
-    type Value = Wire<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+        Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut w = Wire {
-            op: Found::Absent,
-            resource_id: None,
-            object: None,
-            status: Found::Absent,
-            message_headers_reply: None,
-            headers_reply: None,
-            body: None,
-            reconnect_secret: None,
-        };
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            match &*key.0 {
-                "op" => w.op = map.next_value::<LenientStr<'de>>()?.0,
-                "resourceId" => w.resource_id = map.next_value::<LenientStr<'de>>()?.0.ok(),
-                "object" => w.object = Some(map.next_value::<&'de RawValue>()?),
-                "status" => w.status = map.next_value::<LenientStatus>()?.0,
-                "messageHeaders" => {
-                    w.message_headers_reply = map.next_value_seed(PickKey(REPLY_ADDR_HEADER))?;
-                }
-                "headers" => w.headers_reply = map.next_value_seed(PickKey(X_REPLY_ADDRESS))?,
-                "body" => w.body = Some(map.next_value::<&'de RawValue>()?),
-                "parameters" => {
-                    w.reconnect_secret = map.next_value_seed(PickKey("reconnectSecret"))?;
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(w)
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Err(E::invalid_type(de::Unexpected::Bool(v), &self))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Err(E::invalid_type(de::Unexpected::Signed(v), &self))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Err(E::invalid_type(de::Unexpected::Unsigned(v), &self))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Err(E::invalid_type(de::Unexpected::Float(v), &self))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Err(E::invalid_type(de::Unexpected::Str(v), &self))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Err(E::invalid_type(de::Unexpected::Unit, &self))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<Self::Value, A::Error> {
-        Err(de::Error::invalid_type(de::Unexpected::Seq, &self))
+    fn accept(&mut self, found: &'static str) -> bool {
+        self.not_an_object = Some(found);
+        false
     }
 }
 
 fn parse_wire(bytes: &[u8]) -> Result<Wire<'_>, FrameError> {
+    let mut wire = Wire::default();
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let wire = match (&mut de).deserialize_any(WireVisitor) {
-        Ok(w) => w,
-        Err(e) => {
-            let message = e.to_string();
-            if e.classify() == serde_json::error::Category::Data {
-                // Nested values are read leniently, so only the top-level type check can
-                // produce a data error.
-                return Err(FrameError::NotAnObject {
-                    found: kind_from_message(&message),
-                });
-            }
-            return Err(FrameError::InvalidJson { message });
-        }
-    };
+    if let Err(e) = Lenient(&mut wire).deserialize(&mut de) {
+        return Err(match wire.not_an_object {
+            Some(found) => FrameError::NotAnObject { found },
+            None => FrameError::InvalidJson {
+                message: e.to_string(),
+            },
+        });
+    }
     de.end().map_err(|e| FrameError::InvalidJson {
         message: e.to_string(),
     })?;
     Ok(wire)
-}
-
-fn kind_from_message(message: &str) -> &'static str {
-    // serde_json's invalid_type messages start with "invalid type: <kind>".
-    let rest = message.strip_prefix("invalid type: ").unwrap_or(message);
-    if rest.starts_with("boolean") {
-        "a boolean"
-    } else if rest.starts_with("integer") || rest.starts_with("floating point") {
-        "a number"
-    } else if rest.starts_with("string") {
-        "a string"
-    } else if rest.starts_with("null") || rest.starts_with("unit") {
-        "null"
-    } else if rest.starts_with("sequence") {
-        "an array"
-    } else {
-        "something else"
-    }
 }
 
 fn cow_string(c: Cow<'_, str>) -> String {
@@ -626,27 +603,13 @@ fn cow_string(c: Cow<'_, str>) -> String {
 
 /// `object.config` out of a configureExtension's `object`.
 fn extract_config(object: &RawValue) -> Option<Json> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Option<&'de RawValue>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            while let Some(key) = map.next_key::<Key<'de>>()? {
-                if key.0 == "config" {
-                    found = Some(map.next_value::<&'de RawValue>()?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(found)
-        }
-    }
+    let mut pick = Pick::<&RawValue>::new("config");
     let mut de = serde_json::Deserializer::from_str(object.get());
-    match de.deserialize_any(V) {
-        Ok(Some(raw)) if raw.get() != "null" => Some(Json::from_raw(raw)),
+    match Lenient(&mut pick).deserialize(&mut de) {
+        Ok(Node::Object) => pick
+            .found
+            .filter(|raw| raw.get() != "null")
+            .map(Json::from_raw),
         _ => None,
     }
 }
@@ -775,7 +738,7 @@ impl ServerFrame {
             } => {
                 push_op_head(&mut out, "query", resource_id.as_deref());
                 out.push_str(",\"messageHeaders\":{\"REPLY_ADDR_HEADER\":");
-                push_json_str(&mut out, reply_address);
+                push_json_string(&mut out, reply_address);
                 out.push_str("},\"object\":");
                 out.push_str(object.as_str());
                 out.push('}');
@@ -786,7 +749,7 @@ impl ServerFrame {
             }
             ServerFrame::Unknown { op } => {
                 out.push_str("{\"op\":");
-                push_json_str(&mut out, op);
+                push_json_string(&mut out, op);
                 out.push('}');
             }
         }
@@ -896,7 +859,7 @@ impl ClientFrame {
                     "{\"op\":\"validate\",\"resourceName\":\"system.credentials\",\"object\":",
                 );
                 match token {
-                    Some(t) => push_json_str(&mut out, t),
+                    Some(t) => push_json_string(&mut out, t),
                     None => out.push_str("null"),
                 }
                 out.push('}');
@@ -905,9 +868,9 @@ impl ClientFrame {
                 out.push_str(
                     "{\"op\":\"authenticate\",\"resourceName\":\"system.credentials\",\"object\":{\"username\":",
                 );
-                push_json_str(&mut out, username);
+                push_json_string(&mut out, username);
                 out.push_str(",\"password\":");
-                push_json_str(&mut out, password);
+                push_json_string(&mut out, password);
                 out.push_str("}}");
             }
             ClientFrame::ConnectExtension {
@@ -917,7 +880,7 @@ impl ClientFrame {
                 push_op_head(&mut out, "connectExtension", Some(source));
                 if let Some(secret) = reconnect_secret {
                     out.push_str(",\"parameters\":{\"reconnectSecret\":");
-                    push_json_str(&mut out, secret);
+                    push_json_string(&mut out, secret);
                     out.push('}');
                 }
                 out.push('}');
@@ -940,7 +903,7 @@ impl ClientFrame {
             }
             ClientFrame::Unknown { op } => {
                 out.push_str("{\"op\":");
-                push_json_str(&mut out, op);
+                push_json_string(&mut out, op);
                 out.push('}');
             }
         }
@@ -958,7 +921,7 @@ fn push_op_head(out: &mut String, op: &str, resource_id: Option<&str>) {
     out.push_str("\",\"resourceName\":\"sources\"");
     if let Some(id) = resource_id {
         out.push_str(",\"resourceId\":");
-        push_json_str(out, id);
+        push_json_string(out, id);
     }
 }
 
@@ -974,7 +937,7 @@ pub(crate) fn notification_prefix(source: &str) -> String {
 pub(crate) fn reply_prefix(reply_address: &str) -> String {
     let mut out = String::with_capacity(40 + reply_address.len());
     out.push_str(",\"headers\":{\"X-Reply-Address\":");
-    push_json_str(&mut out, reply_address);
+    push_json_string(&mut out, reply_address);
     out.push('}');
     out
 }
@@ -1029,61 +992,9 @@ fn push_i64(out: &mut String, n: i64) {
     let _ = write!(out, "{n}");
 }
 
-/// Appends `s` as a JSON string literal.
-pub(crate) fn push_json_str(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let esc: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0x08 => Some("\\b"),
-            0x0c => Some("\\f"),
-            0..=0x1f => None,
-            _ => continue,
-        };
-        out.push_str(s.get(start..i).unwrap_or_default());
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
-                out.push_str("\\u00");
-                out.push(char::from(
-                    HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
-                ));
-                out.push(char::from(
-                    HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0'),
-                ));
-            }
-        }
-        start = i + 1;
-    }
-    out.push_str(s.get(start..).unwrap_or_default());
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_string_escaping_round_trips() {
-        for s in [
-            "plain",
-            "quote\"back\\slash",
-            "ctl\u{1}\u{1f}\n\t\r\u{8}\u{c}",
-            "ünï😀",
-        ] {
-            let mut out = String::new();
-            push_json_str(&mut out, s);
-            let back: String = serde_json::from_str(&out).unwrap();
-            assert_eq!(back, s);
-            assert_eq!(out, serde_json::to_string(s).unwrap());
-        }
-    }
 
     #[test]
     fn status_classes() {

@@ -142,7 +142,7 @@ mod backoff;
 mod config;
 mod connection;
 pub mod frame;
-mod json;
+pub mod json;
 mod properties;
 mod query;
 #[cfg(feature = "server")]
@@ -157,10 +157,10 @@ pub use config::{
 };
 pub use connection::{
     Connection, ConnectionConfig, ConnectionState, DisconnectReason, Event, Failure, FatalError,
-    KeepAlive, Limits, NotifyError, SocketEnd, Stats, Transmit, random_id,
+    KeepAlive, Limits, NotifyRefused, SocketEnd, Stats, Transmit, random_id,
 };
 pub use frame::{FrameError, Status};
-pub use json::Json;
+pub use json::{Json, JsonTreeError};
 pub use properties::{Properties, PropertiesError};
 pub use query::{
     QueryError, QueryId, REPLY_ADDRESS_TOO_LONG_CODE, Reply, ReplyError, RowChunker,

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{Status, X_REPLY_ADDRESS, push_json_str};
-use crate::json::Json;
+use crate::frame::{Status, X_REPLY_ADDRESS};
+use crate::json::{Json, push_json_string};
 
 /// Code of the error a connection answers a query with when the source already has
 /// [`Limits::open_queries`](crate::Limits::open_queries) queries awaiting their answer.
@@ -84,9 +84,9 @@ impl QueryError {
     pub(crate) fn push_json(&self, out: &mut String) {
         use std::fmt::Write as _;
         out.push_str("{\"messageCode\":");
-        push_json_str(out, &self.code);
+        push_json_string(out, &self.code);
         out.push_str(",\"messageTemplate\":");
-        push_json_str(out, &self.template);
+        push_json_string(out, &self.template);
         out.push_str(",\"parameters\":[");
         for (i, p) in self.parameters.iter().enumerate() {
             if i > 0 {

@@ -117,7 +117,7 @@ impl Server {
     fn notification(&mut self) -> (ConnectionId, serde_json::Value) {
         self.until("a notification", |s| match s {
             Seen::Event(id, ServerEvent::Notification { object, .. }) => {
-                Some((*id, object.to_value()))
+                Some((*id, object.to_value().unwrap()))
             }
             _ => None,
         })
@@ -373,7 +373,7 @@ fn notifications_queued_when_a_send_fails_arrive_in_order_once_in_the_next_sessi
     // was queued for it).
     server.until("the second session's greeting", |s| match s {
         Seen::Event(id, ServerEvent::Notification { object, .. }) => {
-            (*id == second && object.to_value()["connected"] == json!(true)).then_some(())
+            (*id == second && object.to_value().unwrap()["connected"] == json!(true)).then_some(())
         }
         _ => None,
     });
@@ -387,6 +387,7 @@ fn notifications_queued_when_a_send_fails_arrive_in_order_once_in_the_next_sessi
         let n = |object: &Json| {
             object
                 .to_value()
+                .unwrap()
                 .get("n")
                 .and_then(serde_json::Value::as_u64)
         };

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use vantiq_proto::frame::ClientFrame;
 use vantiq_proto::{
     Connection, ConnectionConfig, ConnectionState, Credentials, Event, Failure, FatalError, Json,
-    NotifyError, REPLY_ADDRESS_TOO_LONG_CODE, Secret, SocketEnd, Status, TOO_MANY_QUERIES_CODE,
+    NotifyRefused, REPLY_ADDRESS_TOO_LONG_CODE, Secret, SocketEnd, Status, TOO_MANY_QUERIES_CODE,
     TargetUrl, Transmit,
 };
 
@@ -91,7 +91,7 @@ impl T {
         }
     }
 
-    fn notify(&mut self, n: u64) -> Result<(), NotifyError> {
+    fn notify(&mut self, n: u64) -> Result<(), NotifyRefused> {
         self.conn.notify(json(&format!(r#"{{"n":{n}}}"#)))
     }
 }
@@ -101,7 +101,9 @@ fn numbers(transmits: &[Transmit]) -> Vec<u64> {
         .iter()
         .filter_map(|t| match t {
             Transmit::Frame(f) => match ClientFrame::decode(f.as_bytes()).unwrap() {
-                ClientFrame::Notification { object, .. } => object.to_value()["n"].as_u64(),
+                ClientFrame::Notification { object, .. } => {
+                    object.to_value().unwrap()["n"].as_u64()
+                }
                 _ => None,
             },
             _ => None,
@@ -437,7 +439,7 @@ fn queues_are_bounded_in_bytes() {
     assert!(!t.conn.can_notify());
     assert!(matches!(
         t.conn.notify(big(99)),
-        Err(NotifyError::QueueFull(_))
+        Err(NotifyRefused::QueueFull(_))
     ));
     t.configure();
     // Configured: the notifications queued offline are in the outbox and fill it; once the

@@ -31,7 +31,7 @@ fn auth_success_reply_with_user_info() {
     };
     assert_eq!(s.status, Status::OK);
     assert!(s.status.is_success());
-    let body = s.body.unwrap().to_value();
+    let body = s.body.unwrap().to_value().unwrap();
     assert_eq!(body["userInfo"]["namespace"], "ns");
 }
 
@@ -248,13 +248,31 @@ fn not_json_and_not_objects() {
         ("\"s\"", "a string"),
         ("true", "a boolean"),
         ("null", "null"),
-    ] {
+        // What follows the first value does not matter once it is not an object: the frame
+        // is refused as soon as its kind is known, whether truncated, too deep or trailed.
+        ("[1,", "an array"),
+        ("[{\"op\":\"publish\"}] x", "an array"),
+        ("\"s\" {}", "a string"),
+    ]
+    .map(|(text, found)| (text.to_owned(), found))
+    .into_iter()
+    .chain([("[".repeat(10_000), "an array")])
+    {
         assert_eq!(
             ServerFrame::decode(text.as_bytes()),
             Err(FrameError::NotAnObject { found }),
             "{text}"
         );
+        assert_eq!(
+            ClientFrame::decode(text.as_bytes()),
+            Err(FrameError::NotAnObject { found }),
+            "{text}"
+        );
     }
+    assert_eq!(
+        ServerFrame::decode(b"[1,2]").unwrap_err().to_string(),
+        "frame is JSON but not an object (found an array)"
+    );
     for bytes in [
         &b""[..],
         b"{",
@@ -273,6 +291,22 @@ fn not_json_and_not_objects() {
             ServerFrame::decode(bytes)
         );
     }
+}
+
+#[test]
+fn escaped_keys_are_matched() {
+    let f = ServerFrame::decode(
+        br#"{"\u006fp":"query","messageHe\u0061ders":{"REPLY_ADDR_H\u0045ADER":"r\n1"},"object":null}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        f,
+        ServerFrame::Query {
+            resource_id: None,
+            reply_address: "r\n1".into(),
+            object: json("{}")
+        }
+    );
 }
 
 #[test]
@@ -486,7 +520,11 @@ fn deeply_nested_json_does_not_crash() {
     };
     assert_eq!(object.as_str(), payload);
     assert!(object.parse::<serde_json::Value>().is_err());
-    assert_eq!(object.to_value(), serde_json::Value::Null);
+    let err = object.to_value().unwrap_err();
+    assert_eq!(
+        (err.text_len(), err.line(), err.column()),
+        (200_000, 1, 128)
+    );
     // Deep nesting in a field the decoder reads itself is an error, not a crash.
     let deep_headers =
         format!(r#"{{"op":"query","messageHeaders":{{"x":{payload}}},"object":{{}}}}"#);

@@ -15,7 +15,7 @@ use vantiq_proto::server::ConnectOutcome;
 use vantiq_proto::testing::{Pair as Sim, SOURCE, TOKEN, json, test_config as config};
 use vantiq_proto::{
     ConnectionState, DisconnectReason, Event, Failure, FatalError, FrameError, Json, KeepAlive,
-    NotifyError, QueryError, Reply, ReplyError, Status, Transmit,
+    NotifyRefused, QueryError, Reply, ReplyError, Status, Transmit,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -506,12 +506,12 @@ fn notifications_queue_while_disconnected_and_flush_in_order() {
     }
     assert!(!sim.client.can_notify());
     match sim.client.notify(json(r#"{"n":3}"#)) {
-        Err(NotifyError::QueueFull(j)) => assert_eq!(j, json(r#"{"n":3}"#)),
+        Err(NotifyRefused::QueueFull(j)) => assert_eq!(j, json(r#"{"n":3}"#)),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
         sim.client.notify(json("[1]")),
-        Err(NotifyError::NotAnObject(_))
+        Err(NotifyRefused::NotAnObject(_))
     ));
     configured(&mut sim);
     sim.client.notify(json(r#"{"n":3}"#)).unwrap();
@@ -636,7 +636,7 @@ fn close_gives_up_after_the_deadline_and_counts_what_was_lost() {
     assert_eq!(*at - closed_at, 5 * SEC);
     assert!(matches!(
         sim.client.notify(json("{}")),
-        Err(NotifyError::Closed(_))
+        Err(NotifyRefused::Closed(_))
     ));
 }
 
@@ -1083,7 +1083,7 @@ fn chaos_keeps_the_protocol_and_the_order() {
         let got: Vec<u64> = sim
             .notifications()
             .iter()
-            .map(|j| j.to_value()["n"].as_u64().unwrap())
+            .map(|j| j.to_value().unwrap()["n"].as_u64().unwrap())
             .collect();
         assert!(
             got.windows(2).all(|w| w[0] < w[1]),

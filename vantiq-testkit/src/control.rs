@@ -276,15 +276,21 @@ async fn query(hub: &Hub, handle: &SourceHandle, params: &Params, body: &[u8]) -
                 "parts": result.parts.len(),
             }),
         ),
-        Err(TestkitError::QueryFailed { result, .. }) => Reply(
-            200,
-            json!({
-                "status": result.status.0,
-                "rows": result.rows,
-                "parts": result.parts.len(),
-                "error": result.error_body().map_or(Value::Null, Json::to_value),
-            }),
-        ),
+        Err(TestkitError::QueryFailed { result, .. }) => {
+            let error_body = match result.error_body().map(Json::to_value).transpose() {
+                Ok(body) => body.unwrap_or(Value::Null),
+                Err(e) => return error(502, format!("the query's error body: {e}")),
+            };
+            Reply(
+                200,
+                json!({
+                    "status": result.status.0,
+                    "rows": result.rows,
+                    "parts": result.parts.len(),
+                    "error": error_body,
+                }),
+            )
+        }
         Err(e) => from_error(&e),
     }
 }
@@ -299,7 +305,14 @@ async fn notifications(handle: &SourceHandle, params: &Params) -> Reply {
         Err(message) => return error(400, message),
     };
     let (next, items) = handle.wait_notifications_after(after, wait).await;
-    let items: Vec<Value> = items.iter().map(Json::to_value).collect();
+    let items = match items
+        .iter()
+        .map(Json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(items) => items,
+        Err(e) => return error(502, format!("a notification: {e}")),
+    };
     Reply(200, json!({ "next": next, "items": items }))
 }
 

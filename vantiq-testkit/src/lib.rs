@@ -46,8 +46,9 @@
 //! Errors are JSON `{"error": "…"}`: `400` bad JSON or parameter, `401` no control token
 //! ([`TestServerBuilder::control_token`]), `403` a request a web page could have sent (a
 //! `Host` that is not this machine, a foreign `Origin`, `Sec-Fetch-Site: cross-site`), `404`
-//! unknown source or path, `405` wrong method, `409` no connector attached, `504` no terminal
-//! query reply in time.
+//! unknown source or path, `405` wrong method, `409` no connector attached, `502` a
+//! notification or query error body from the connector has no JSON tree form (nested deeper
+//! than 128 levels, see `Json::to_value`), `504` no terminal query reply in time.
 //!
 //! * Optionally ([`TestServerBuilder::rest_api`]) it serves Vantiq's REST routes for sources,
 //!   as Vantiq's client SDKs and connector tests call them, with `Authorization: Bearer
@@ -104,7 +105,7 @@
 //! let config = ws.next().await.ok_or("closed")??;
 //! match ServerFrame::decode(&config.into_data())? {
 //!     ServerFrame::ConfigureExtension { config, .. } => {
-//!         assert_eq!(config.to_value(), json!({"pollMs": 500}))
+//!         assert_eq!(config.to_value()?, json!({"pollMs": 500}))
 //!     }
 //!     other => panic!("{other:?}"),
 //! }

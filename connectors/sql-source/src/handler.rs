@@ -84,7 +84,11 @@ impl SqlSource {
     /// Builds the working state for a configuration document.
     fn configure(source: &Source, config: &Json) -> State {
         let name = source.name();
-        let parsed = match config::parse(&config.to_value()) {
+        let parsed = match config
+            .to_value()
+            .map_err(|e| e.to_string())
+            .and_then(|tree| config::parse(&tree).map_err(|e| e.to_string()))
+        {
             Ok(parsed) => parsed,
             Err(error) => {
                 tracing::error!(
@@ -184,7 +188,13 @@ impl Handler for SqlSource {
     }
 
     async fn on_query(&self, source: &Source, query: Query) -> HandlerResult {
-        let request = match request::parse_query(&query.params().to_value()) {
+        // Parameters with no tree form (nested too deep) are as invalid as a missing query.
+        let request = match query
+            .params()
+            .to_value()
+            .map_err(|_| errors::invalid_query_request())
+            .and_then(|params| request::parse_query(&params))
+        {
             Ok(request) => request,
             Err(error) => {
                 tracing::warn!(source = source.name(), code = %error.code, "query refused");
@@ -222,7 +232,11 @@ impl Handler for SqlSource {
 
     async fn on_publish(&self, source: &Source, message: Json) -> HandlerResult {
         let name = source.name().to_owned();
-        let request = match request::parse_publish(&message.to_value()) {
+        let request = match message
+            .to_value()
+            .map_err(|e| e.to_string())
+            .and_then(|object| request::parse_publish(&object))
+        {
             Ok(request) => request,
             Err(why) => {
                 tracing::error!(source = %name, "publish not executed: {why}");

@@ -183,7 +183,7 @@ async fn select_bundles(db: TestDb) -> TestResult {
                 let n = p
                     .body
                     .as_ref()
-                    .map_or(0, |b| b.to_value().as_array().map_or(1, Vec::len));
+                    .map_or(0, |b| b.to_value().unwrap().as_array().map_or(1, Vec::len));
                 (p.status.0, n)
             })
             .collect();
@@ -324,6 +324,17 @@ async fn error_codes(db: TestDb) -> TestResult {
         expect_error(&r, errors::INVALID_QUERY_REQUEST)?,
         "Request must be a map".to_owned(),
         "template",
+    )?;
+    // Parameters nested past serde_json's tree limit (128 levels) cannot be read either.
+    let mut deep = json!(1);
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    let r = env.query(json!({"query": "SELECT 1", "x": deep})).await?;
+    ensure_eq(
+        expect_error(&r, errors::INVALID_QUERY_REQUEST)?,
+        "Request must be a map".to_owned(),
+        "template of too deep parameters",
     )?;
 
     let r = env.query(json!({"query": "SELECT * FROM missing"})).await?;
@@ -553,7 +564,11 @@ async fn reconfiguration(db: TestDb) -> TestResult {
     let polled = db.config_with(json!({"pollTime": 50, "pollQuery": "SELECT v FROM t"}));
     let env = Env::start(polled).await?;
     ensure_eq(
-        env.source.next_notification(WAIT).await?.to_value(),
+        env.source
+            .next_notification(WAIT)
+            .await?
+            .to_value()
+            .unwrap(),
         json!({"v": "from A"}),
         "poll of A",
     )?;
@@ -610,7 +625,7 @@ async fn polling(db: TestDb) -> TestResult {
         .wait_notifications(4, WAIT)
         .await?
         .iter()
-        .map(|j| j.to_value())
+        .map(|j| j.to_value().unwrap())
         .collect();
     let (a, b) = (json!({"id": 1, "v": "a"}), json!({"id": 2, "v": "b"}));
     ensure_eq(
@@ -621,7 +636,12 @@ async fn polling(db: TestDb) -> TestResult {
     admin.exec("INSERT INTO p VALUES (3, 'c')").await?;
     let deadline = Instant::now() + WAIT;
     loop {
-        let n = env.source.next_notification(WAIT).await?.to_value();
+        let n = env
+            .source
+            .next_notification(WAIT)
+            .await?
+            .to_value()
+            .unwrap();
         if n == json!({"id": 3, "v": "c"}) {
             break;
         }

@@ -95,7 +95,7 @@ pub async fn numbers(peer: &mut SimPeer, until: Option<usize>) -> Vec<u64> {
     while until.is_none_or(|n| got.len() < n) {
         match peer.next_frame().await {
             Some(ClientFrame::Notification { object, .. }) => {
-                got.push(object.to_value()["n"].as_u64().unwrap());
+                got.push(object.to_value().unwrap()["n"].as_u64().unwrap());
             }
             Some(_) => {}
             None => break,

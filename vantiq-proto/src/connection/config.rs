@@ -51,7 +51,7 @@ pub struct Limits {
     pub offline_bytes: usize,
     /// Bytes of frames waiting for the socket to take them (default 2 MiB): past it,
     /// [`Connection::notify`](crate::Connection::notify) answers
-    /// [`NotifyError::QueueFull`](crate::NotifyError::QueueFull) until the socket catches up.
+    /// [`NotifyRefused::QueueFull`](crate::NotifyRefused::QueueFull) until the socket catches up.
     pub outbox_bytes: usize,
     /// Queries awaiting their final reply (default 1 000). A query beyond it is answered at
     /// once with the error [`TOO_MANY_QUERIES_CODE`](crate::TOO_MANY_QUERIES_CODE).

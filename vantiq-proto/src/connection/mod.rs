@@ -19,7 +19,7 @@ use crate::query::{
 pub use config::{ConnectionConfig, KeepAlive, Limits, random_id};
 use queues::{Offline, Out, Outbox};
 pub use types::{
-    ConnectionState, DisconnectReason, Event, Failure, FatalError, NotifyError, SocketEnd, Stats,
+    ConnectionState, DisconnectReason, Event, Failure, FatalError, NotifyRefused, SocketEnd, Stats,
     Transmit,
 };
 
@@ -603,15 +603,15 @@ impl Connection {
     /// # Errors
     /// Not an object, the queue it would go to is full (see [`Connection::can_notify`]), or
     /// the connection is closed or closing; the error gives the notification back.
-    pub fn notify(&mut self, object: Json) -> Result<(), NotifyError> {
+    pub fn notify(&mut self, object: Json) -> Result<(), NotifyRefused> {
         if !Self::is_notification(&object) {
-            return Err(NotifyError::NotAnObject(object));
+            return Err(NotifyRefused::NotAnObject(object));
         }
         if self.state == State::Closed {
-            return Err(NotifyError::Closed(object));
+            return Err(NotifyRefused::Closed(object));
         }
         if !self.can_notify() {
-            return Err(NotifyError::QueueFull(object));
+            return Err(NotifyRefused::QueueFull(object));
         }
         if matches!(self.state, State::Configured { .. }) {
             self.outbox.push(Out::Notification(object));

@@ -226,10 +226,11 @@ pub enum Event {
     },
 }
 
-/// Why a notification was not accepted. Each variant gives the notification back.
+/// A notification [`Connection::notify`](crate::Connection::notify) refused, and why. Each
+/// variant gives the notification back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum NotifyError {
+pub enum NotifyRefused {
     /// The queue it would go to is full (offline queue while not configured, outbox while
     /// the socket is behind): try again once
     /// [`Connection::can_notify`](crate::Connection::can_notify) says so.
@@ -243,12 +244,14 @@ pub enum NotifyError {
     Closed(Json),
 }
 
-impl NotifyError {
+impl NotifyRefused {
     /// Gives back the notification that was not accepted.
     #[must_use]
     pub fn into_inner(self) -> Json {
         match self {
-            NotifyError::QueueFull(j) | NotifyError::NotAnObject(j) | NotifyError::Closed(j) => j,
+            NotifyRefused::QueueFull(j)
+            | NotifyRefused::NotAnObject(j)
+            | NotifyRefused::Closed(j) => j,
         }
     }
 }

@@ -431,7 +431,9 @@ pub struct QueryResult {
     /// The status of the terminal reply: 200, 204, or the error status (0 while there is
     /// none).
     pub status: Status,
-    /// The rows of every partial and final reply, in order.
+    /// The rows of every partial and final reply, in order. A body with no
+    /// [`serde_json::Value`] form ([`Json::to_value`] fails: nested too deep) is one `null`
+    /// row here; its text is in `parts`.
     pub rows: Vec<serde_json::Value>,
     /// Every reply, the terminal one last.
     pub parts: Vec<QueryReply>,
@@ -479,8 +481,11 @@ impl QueryResult {
             && let Some(body) = &reply.body
         {
             match body.to_value() {
-                serde_json::Value::Array(items) => self.rows.extend(items),
-                other => self.rows.push(other),
+                Ok(serde_json::Value::Array(items)) => self.rows.extend(items),
+                Ok(other) => self.rows.push(other),
+                // No tree form (nested past serde_json's limit): one `null` row stands for
+                // it; `parts` keeps the text.
+                Err(_) => self.rows.push(serde_json::Value::Null),
             }
         }
         self.parts.push(reply);

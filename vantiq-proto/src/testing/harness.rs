@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::frame::{ClientFrame, ServerFrame, StatusFrame};
 use crate::{
-    Connection, ConnectionConfig, Credentials, Event, Json, NotifyError, QueryError, QueryId,
+    Connection, ConnectionConfig, Credentials, Event, Json, NotifyRefused, QueryError, QueryId,
     Reply, Secret, SocketEnd, Status, TargetUrl, Transmit,
 };
 
@@ -210,7 +210,7 @@ impl Harness {
                     }
                     match f {
                         ClientFrame::Notification { object, .. } => {
-                            let v = object.to_value();
+                            let v = object.to_value().expect("a notification the harness sent");
                             self.transmitted.push(v["n"].as_u64().unwrap());
                         }
                         ClientFrame::QueryReply(r) => {
@@ -354,8 +354,8 @@ impl Harness {
                 self.next_note += 1;
                 match self.conn.notify(json(&format!(r#"{{"n":{n}}}"#))) {
                     Ok(()) => self.accepted.push(n),
-                    Err(NotifyError::QueueFull(_)) => assert!(!self.conn.can_notify()),
-                    Err(NotifyError::Closed(_)) => assert!(self.closed),
+                    Err(NotifyRefused::QueueFull(_)) => assert!(!self.conn.can_notify()),
+                    Err(NotifyRefused::Closed(_)) => assert!(self.closed),
                     Err(e) => panic!("{e:?}"),
                 }
             }

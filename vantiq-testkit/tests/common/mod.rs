@@ -171,7 +171,7 @@ impl Client {
     /// `connectExtension` that must be answered by `configureExtension`; returns the config.
     pub async fn attach(&mut self, source: &str, secret: Option<&str>) -> Value {
         match self.connect_extension(source, secret).await {
-            ServerFrame::ConfigureExtension { config, .. } => config.to_value(),
+            ServerFrame::ConfigureExtension { config, .. } => config.to_value().unwrap(),
             other => panic!("expected configureExtension, got {other:?}"),
         }
     }
@@ -209,7 +209,7 @@ impl Client {
                 reply_address,
                 object,
                 ..
-            } => (reply_address, object.to_value()),
+            } => (reply_address, object.to_value().unwrap()),
             other => panic!("expected a query, got {other:?}"),
         }
     }
