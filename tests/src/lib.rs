@@ -34,6 +34,11 @@ pub use vantiq_connector_smol::Smol;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The code blocks of docs/guide.md, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+pub struct GuideDoctests;
 pub use vantiq_connector_tokio::Tokio;
 
 /// How long any single wait in a scenario may take before the test fails.

@@ -26,7 +26,7 @@
 //! `serverConfig/server.config` or `./server.config`), serves every source listed there,
 //! echoes publishes back as notifications, and stops cleanly on SIGINT or SIGTERM.
 //!
-//! ```ignore
+//! ```no_run
 //! use vantiq_connector_smol::{ConnectorError, ConnectorSet};
 //!
 //! fn main() -> Result<(), ConnectorError> {

@@ -13,7 +13,6 @@
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
 use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector_tokio::{ConnectorError, ConnectorSet, SECRET_SAFE_LOG_DIRECTIVE};
 
@@ -21,13 +20,8 @@ use vantiq_connector_tokio::{ConnectorError, ConnectorSet, SECRET_SAFE_LOG_DIREC
 /// whatever `RUST_LOG` says (see `SECRET_SAFE_LOG_DIRECTIVE`).
 fn init_logging() {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Caps `tungstenite` at `debug` when `RUST_LOG` asks for `trace` anywhere. (Under a
-    // quieter filter it is not added: it would turn `tungstenite`'s debug lines on.)
-    if filter
-        .max_level_hint()
-        .is_none_or(|max| max > LevelFilter::DEBUG)
-        && let Ok(directive) = SECRET_SAFE_LOG_DIRECTIVE.parse()
-    {
+    // Caps `tungstenite`, whose `trace` lines carry every frame (the token included).
+    if let Ok(directive) = SECRET_SAFE_LOG_DIRECTIVE.parse() {
         filter = filter.add_directive(directive);
     }
     tracing_subscriber::fmt()

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
 use vantiq_connector::test_util::echo::Echo;
 use vantiq_connector_tokio::{ConnectorSet, SECRET_SAFE_LOG_DIRECTIVE, ServerConfig};
 use vantiq_testkit::TestServer;
@@ -24,15 +23,9 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 0. Logs to stderr: `RUST_LOG` filters (default `info`); the token never reaches the log
     //    whatever `RUST_LOG` says (see `SECRET_SAFE_LOG_DIRECTIVE`).
-    //    The directive is added only when `RUST_LOG` asks for `trace` somewhere: under a
-    //    quieter filter it would turn `tungstenite`'s debug lines on.
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if filter
-        .max_level_hint()
-        .is_none_or(|max| max > LevelFilter::DEBUG)
-    {
-        filter = filter.add_directive(SECRET_SAFE_LOG_DIRECTIVE.parse()?);
-    }
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(SECRET_SAFE_LOG_DIRECTIVE.parse()?);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)

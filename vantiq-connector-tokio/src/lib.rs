@@ -22,7 +22,7 @@
 //! echoes publishes back as notifications, answers queries with rows, and stops cleanly on
 //! SIGINT or SIGTERM.
 //!
-//! ```ignore
+//! ```no_run
 //! use vantiq_connector_tokio::{ConnectorSet, QueryError, SECRET_SAFE_LOG_DIRECTIVE};
 //!
 //! #[tokio::main]
@@ -188,8 +188,3 @@ pub struct ReadmeDoctests;
 
 /// A connector set on tokio. See [`vantiq_connector::ConnectorSet`].
 pub type ConnectorSet = vantiq_connector::ConnectorSet<Tokio>;
-
-/// The code blocks of docs/guide.md, compiled as doc tests so they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../docs/guide.md")]
-pub struct GuideDoctests;

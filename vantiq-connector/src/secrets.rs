@@ -6,7 +6,7 @@ use std::path::Path;
 
 use vantiq_proto::{ConnectionConfig, ServerConfig, keys};
 
-/// The log filter directive that keeps the token out of logs: `tungstenite=debug`.
+/// The log filter directive that keeps the token out of logs: `tungstenite=info`.
 ///
 /// The SDK never logs the token, the password or the reconnect secret, at any level. Its
 /// WebSocket library, `tungstenite`, logs every frame it sends or receives, payload included
@@ -15,13 +15,15 @@ use vantiq_proto::{ConnectionConfig, ServerConfig, keys};
 /// may carry access tokens and your sources' configuration. An application that passes `log`
 /// records on (tracing-subscriber with its default features, env_logger) prints them when
 /// `tungstenite` is at `trace`, as a plain `RUST_LOG=trace` sets it. Add this directive after
-/// your own to cap `tungstenite` at `debug`, where it logs no payload:
+/// your own to cap `tungstenite` at `info`. It logs nothing at `info` (only a few lines at
+/// `debug`, and its payloads at `trace`), so the directive can be added whatever the rest of
+/// the filter says: it never turns a line on.
 ///
 /// ```
 /// use tracing_subscriber::EnvFilter;
 /// use vantiq_connector::SECRET_SAFE_LOG_DIRECTIVE;
 ///
-/// // As `RUST_LOG=trace,tungstenite=debug` would.
+/// // As `RUST_LOG=trace,tungstenite=info` would.
 /// let filter = EnvFilter::new("trace").add_directive(SECRET_SAFE_LOG_DIRECTIVE.parse().unwrap());
 /// # let _ = filter;
 /// ```
@@ -29,7 +31,7 @@ use vantiq_proto::{ConnectionConfig, ServerConfig, keys};
 /// With env_logger: `env_logger::Builder::from_default_env().parse_filters(SECRET_SAFE_LOG_DIRECTIVE)`.
 /// A later directive for the same target replaces an earlier one in both, so this one wins
 /// over a `tungstenite=trace` in `RUST_LOG`.
-pub const SECRET_SAFE_LOG_DIRECTIVE: &str = "tungstenite=debug";
+pub const SECRET_SAFE_LOG_DIRECTIVE: &str = "tungstenite=info";
 
 /// Gives `cfg` a reconnect secret `<source>_<random>` whose random part comes from the
 /// operating system, unless `server.config` configures one (`reconnectSecret`). The core

@@ -15,13 +15,8 @@ use vantiq_connector_tokio::{ConnectorError, ConnectorSet, SECRET_SAFE_LOG_DIREC
 async fn main() -> ExitCode {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn".into());
-    // Caps `tungstenite` at `debug` (no frame payloads, so no token) when `RUST_LOG` asks
-    // for `trace` anywhere; under a quieter filter it would turn its debug lines on.
-    if filter
-        .max_level_hint()
-        .is_none_or(|max| max > tracing_subscriber::filter::LevelFilter::DEBUG)
-        && let Ok(directive) = SECRET_SAFE_LOG_DIRECTIVE.parse()
-    {
+    // Caps `tungstenite`, whose `trace` lines carry every frame (the token included).
+    if let Ok(directive) = SECRET_SAFE_LOG_DIRECTIVE.parse() {
         filter = filter.add_directive(directive);
     }
     tracing_subscriber::fmt()
