@@ -141,6 +141,8 @@ impl Runtime for Smol {
     type Timer = SmolTimer;
     type Task = async_executor::Task<()>;
 
+    const ABSORB_SELF_WAKES: bool = true;
+
     fn connect_tcp(&self, host: String, port: u16) -> BoxFuture<'static, io::Result<Self::Tcp>> {
         Box::pin(async move {
             let stream = async_net::TcpStream::connect((host.as_str(), port)).await?;

@@ -99,6 +99,9 @@ pub(crate) struct Driver<R: Runtime> {
     clock: Clock<R>,
     ending: Ending,
     wake: SelfWake,
+    /// The socket had nothing to read in this poll (its waker is registered): reading it
+    /// again before the next poll would only cost a system call on some runtimes.
+    read_idle: bool,
 }
 
 /// However the driver ends (its task dropped, too), nothing that was accepted vanishes
@@ -135,6 +138,7 @@ impl<R: Runtime> Driver<R> {
             clock: Clock { timer, armed: None },
             ending: Ending::default(),
             wake: SelfWake::new(),
+            read_idle: false,
             runtime: parts.runtime,
         };
         d.after_input(now);
@@ -159,10 +163,14 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn poll_turns(&mut self, cx: &mut Context<'_>) -> Poll<Option<FatalError>> {
+        self.read_idle = false;
         for _ in 0..TURNS {
             let now = self.runtime.now();
             let mut progress = self.poll_shutdown(cx, now);
-            progress |= self.poll_connecting(cx, now);
+            if self.poll_connecting(cx, now) {
+                progress = true;
+                self.read_idle = false; // perhaps a new socket
+            }
             progress |= self.poll_commands(cx, now);
             progress |= self.poll_write(cx, now);
             progress |= self.poll_read(cx, now);
@@ -173,9 +181,16 @@ impl<R: Runtime> Driver<R> {
                 return Poll::Ready(outcome);
             }
             if !progress {
+                // Nothing more to do for now: push out what the transport holds. Flushing
+                // once the loop has run dry, rather than every turn, batches the frames of
+                // many turns (a reply per handler) into one write.
+                if self.flush(cx, self.runtime.now()) {
+                    continue;
+                }
                 return Poll::Pending;
             }
         }
+        self.flush(cx, self.runtime.now());
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -341,8 +356,8 @@ impl<R: Runtime> Driver<R> {
 
     // ---- the socket --------------------------------------------------------------------------
 
-    /// Performs what the connection asks, taking frames only while the socket takes them,
-    /// then flushes and reports how the write side is doing.
+    /// Performs what the connection asks, taking frames only while the socket takes them.
+    /// (The transport buffers them; [`Driver::flush`] pushes them out.)
     fn poll_write(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let mut progress = false;
         loop {
@@ -362,16 +377,24 @@ impl<R: Runtime> Driver<R> {
                 return true;
             }
         }
+        // Taking transmits can end a graceful close: its events come out too.
+        progress | self.after_input(now)
+    }
+
+    /// Flushes what the transport holds and reports how the write side is doing; true if
+    /// that changed anything (the socket failed, or the connection had something to say).
+    fn flush(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         if let Err(e) = self.link.poll_flush(cx) {
             self.socket_failed(now, SocketEnd::Error(e));
             return true;
         }
+        let deadline = self.conn.poll_timeout();
         if self.link.is_open() {
             let (waiting, progressed) = self.link.write_report();
             self.conn.handle_write_status(now, waiting, progressed);
         }
-        // Taking transmits can end a graceful close: its events come out too.
-        progress | self.after_input(now)
+        // A new deadline (a write stall starting) must reach the timer: another turn arms it.
+        self.after_input(now) | (self.conn.poll_timeout() != deadline)
     }
 
     fn perform(&mut self, now: Instant, t: Transmit) -> Result<(), String> {
@@ -410,10 +433,11 @@ impl<R: Runtime> Driver<R> {
         }
         let mut progress = false;
         for _ in 0..READ_BATCH {
-            if self.runner.is_full() {
+            if self.runner.is_full() || self.read_idle {
                 break;
             }
             let Poll::Ready(incoming) = self.link.poll_read(cx) else {
+                self.read_idle = true;
                 break;
             };
             progress = true;
