@@ -2,8 +2,8 @@
 //!
 //! A handler runs inside its source's task, so when it sends a reply or a notification the
 //! command queue wakes that very task; on a multi-threaded executor (tokio's, or the smol
-//! crate's) a task woken while it runs is queued again and a parked worker is woken for it: a futex call, a cross-CPU
-//! wake-up and a spurious poll per message. While the driver polls, wakes are only noted (the
+//! crate's) a task woken while it runs is queued again and a parked worker is woken for it:
+//! a futex call, a cross-CPU wake-up and a spurious poll per message. While the driver polls, wakes are only noted (the
 //! driver runs another round instead of returning `Pending`); otherwise they go to the task's
 //! waker.
 //!
