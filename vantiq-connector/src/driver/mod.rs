@@ -174,7 +174,7 @@ impl<R: Runtime> Driver<R> {
             progress |= self.poll_commands(cx, now);
             progress |= self.poll_write(cx, now);
             progress |= self.poll_read(cx, now);
-            progress |= self.runner.poll(cx);
+            progress |= self.poll_handlers(cx, now);
             progress |= self.link.poll_closing(cx, now);
             progress |= self.poll_deadlines(cx);
             if let Some(outcome) = self.finished() {
@@ -193,6 +193,22 @@ impl<R: Runtime> Driver<R> {
         self.flush(cx, self.runtime.now());
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Runs the handlers, handing what they send to the connection at once: a handler that
+    /// answered a query waits for the connection's verdict, so it can finish (and the next
+    /// event start) in the same turn rather than one turn of the whole loop later.
+    fn poll_handlers(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        let mut progress = false;
+        for _ in 0..COMMAND_BATCH {
+            let ran = self.runner.poll(cx);
+            let took = self.poll_commands(cx, now);
+            progress |= ran | took;
+            if !took {
+                break;
+            }
+        }
+        progress
     }
 
     /// The outcome, once the connection closed, every handler finished (or was given up)
