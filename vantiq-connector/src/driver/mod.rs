@@ -53,6 +53,8 @@ use waker::SelfWake;
 const READ_BATCH: usize = 256;
 /// Commands taken in one turn before other work gets a chance.
 const COMMAND_BATCH: usize = 1024;
+/// Handlers run per turn, so that their replies go out while later events are handled.
+const HANDLER_BATCH: usize = 16;
 /// Turns of the loop before yielding to the executor.
 const TURNS: usize = 32;
 /// Deadlines acted on in one turn (each moves every deadline that was due).
@@ -181,9 +183,8 @@ impl<R: Runtime> Driver<R> {
                 return Poll::Ready(outcome);
             }
             if !progress {
-                // Nothing more to do for now: push out what the transport holds. Flushing
-                // once the loop has run dry, rather than every turn, batches the frames of
-                // many turns (a reply per handler) into one write.
+                // Nothing more to do for now: make sure nothing stays in the transport (a
+                // flush that could not finish in its turn) and the write status is current.
                 if self.flush(cx, self.runtime.now()) {
                     continue;
                 }
@@ -200,7 +201,7 @@ impl<R: Runtime> Driver<R> {
     /// event start) in the same turn rather than one turn of the whole loop later.
     fn poll_handlers(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let mut progress = false;
-        for _ in 0..COMMAND_BATCH {
+        for _ in 0..HANDLER_BATCH {
             let ran = self.runner.poll(cx);
             let took = self.poll_commands(cx, now);
             progress |= ran | took;
@@ -372,8 +373,9 @@ impl<R: Runtime> Driver<R> {
 
     // ---- the socket --------------------------------------------------------------------------
 
-    /// Performs what the connection asks, taking frames only while the socket takes them.
-    /// (The transport buffers them; [`Driver::flush`] pushes them out.)
+    /// Performs what the connection asks, taking frames only while the socket takes them,
+    /// then flushes (one write for the frames of a turn) and reports how the write side is
+    /// doing.
     fn poll_write(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let mut progress = false;
         loop {
@@ -394,7 +396,7 @@ impl<R: Runtime> Driver<R> {
             }
         }
         // Taking transmits can end a graceful close: its events come out too.
-        progress | self.after_input(now)
+        progress | self.after_input(now) | self.flush(cx, now)
     }
 
     /// Flushes what the transport holds and reports how the write side is doing; true if
