@@ -183,15 +183,9 @@ impl<R: Runtime> Driver<R> {
                 return Poll::Ready(outcome);
             }
             if !progress {
-                // Nothing more to do for now: make sure nothing stays in the transport (a
-                // flush that could not finish in its turn) and the write status is current.
-                if self.flush(cx, self.runtime.now()) {
-                    continue;
-                }
                 return Poll::Pending;
             }
         }
-        self.flush(cx, self.runtime.now());
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -395,24 +389,18 @@ impl<R: Runtime> Driver<R> {
                 return true;
             }
         }
-        // Taking transmits can end a graceful close: its events come out too.
-        progress | self.after_input(now) | self.flush(cx, now)
-    }
-
-    /// Flushes what the transport holds and reports how the write side is doing; true if
-    /// that changed anything (the socket failed, or the connection had something to say).
-    fn flush(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         if let Err(e) = self.link.poll_flush(cx) {
             self.socket_failed(now, SocketEnd::Error(e));
             return true;
         }
-        let deadline = self.conn.poll_timeout();
+        // A write stall that starts here gets its deadline armed by `poll_deadlines`, later
+        // in the same turn.
         if self.link.is_open() {
             let (waiting, progressed) = self.link.write_report();
             self.conn.handle_write_status(now, waiting, progressed);
         }
-        // A new deadline (a write stall starting) must reach the timer: another turn arms it.
-        self.after_input(now) | (self.conn.poll_timeout() != deadline)
+        // Taking transmits can end a graceful close: its events come out too.
+        progress | self.after_input(now)
     }
 
     fn perform(&mut self, now: Instant, t: Transmit) -> Result<(), String> {
