@@ -338,15 +338,20 @@ impl fmt::Display for Report {
 
 /// The resident set and its peak, in KiB, from `/proc/self/status` (zeros elsewhere).
 pub fn rss_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_kib_of("self").unwrap_or((0, 0))
+}
+
+/// The resident set and its peak, in KiB, of process `pid` (`"self"` for this one), from
+/// `/proc/<pid>/status`; `None` where there is no such file.
+pub fn rss_kib_of(pid: &str) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 // -------------------------------------------------------------------------------------------

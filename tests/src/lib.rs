@@ -207,6 +207,15 @@ pub fn config_for(url: &str, sources: &[&str], extra: &str) -> ServerConfig {
     ServerConfig::parse(&text, "e2e/server.config", |_| None).expect("test configuration")
 }
 
+/// A scratch directory `vantiq-e2e-<name>-<pid>` holding `serverConfig/server.config` with
+/// `text`, for a connector process started in it.
+pub fn config_dir(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vantiq-e2e-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("serverConfig")).expect("scratch directory");
+    std::fs::write(dir.join("serverConfig/server.config"), text).expect("server.config");
+    dir
+}
+
 /// A free loopback address (bound, then released) for a server that starts later.
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use vantiq_e2e::{Kit, Smol, run};
+use vantiq_e2e::faults::rss_kib_of;
+use vantiq_e2e::{Kit, Smol, config_dir, run};
 
 const BIN: &str = env!("CARGO_BIN_EXE_e2e-echo");
 
@@ -27,19 +28,13 @@ struct Connector {
 
 impl Connector {
     fn start(kit: &Kit, runtime: &str, test: &str) -> Connector {
-        let dir = std::env::temp_dir().join(format!(
-            "vantiq-e2e-hostile-{test}-{runtime}-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(dir.join("serverConfig")).unwrap();
-        std::fs::write(
-            dir.join("serverConfig/server.config"),
-            format!(
+        let dir = config_dir(
+            &format!("hostile-{test}-{runtime}"),
+            &format!(
                 "targetServer={}\nauthToken=T\nsources=s1\ntcpProbePort=0\n",
                 kit.url()
             ),
-        )
-        .unwrap();
+        );
         let child = Command::new(BIN)
             .arg(runtime)
             .current_dir(&dir)
@@ -51,17 +46,10 @@ impl Connector {
         Connector { child, dir }
     }
 
-    /// The process's resident set and its peak so far, in KiB (`/proc/<pid>/status`).
+    /// The process's resident set and its peak so far, in KiB. Fails (never passes
+    /// vacuously) where `/proc` cannot tell.
     fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap()
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        rss_kib_of(&self.child.id().to_string()).expect("/proc/<pid>/status of the connector")
     }
 }
 

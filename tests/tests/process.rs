@@ -8,21 +8,13 @@
     clippy::panic
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::json;
-use vantiq_e2e::{Kit, Smol, WAIT, run};
+use vantiq_e2e::{Kit, Smol, WAIT, config_dir, run};
 
 const BIN: &str = env!("CARGO_BIN_EXE_e2e-echo");
-
-/// A scratch directory holding `serverConfig/server.config` with `text`.
-fn config_dir(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vantiq-e2e-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("serverConfig")).unwrap();
-    std::fs::write(dir.join("serverConfig/server.config"), text).unwrap();
-    dir
-}
 
 fn spawn(runtime: &str, dir: &Path, token: Option<&str>) -> Child {
     let mut cmd = Command::new(BIN);
