@@ -409,6 +409,61 @@ fn a_server_that_stops_reading_cannot_make_the_connector_hold_more_than_its_budg
     });
 }
 
+/// A query streamed to a server that stopped reading: the parts wait in the command queue
+/// once the outbox holds its byte budget, so the handler waits in `partial` instead of the
+/// connector holding the whole result (replies were taken into the outbox without bound).
+#[test]
+fn a_query_streamed_to_a_server_that_stopped_reading_stays_within_the_budgets() {
+    const PART: usize = 32 * 1024;
+    const PARTS: u64 = 2_000; // 64 MiB in all
+    let pipe = 64 * 1024;
+    let sim = SimRuntime::with_options(pipe, Duration::from_secs(3_600));
+    let server = common::server(&sim);
+    let sent = Arc::new(AtomicU64::new(0));
+    let set = common::set(&sim, "sendPings=false").on_query({
+        let sent = sent.clone();
+        move |_s, mut q| {
+            let sent = sent.clone();
+            async move {
+                let row = serde_json::json!([{ "pad": "q".repeat(PART) }]);
+                for _ in 0..PARTS {
+                    q.partial(&row).await?;
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                q.complete(&serde_json::json!([])).await?;
+                Ok(())
+            }
+        }
+    });
+    let common::Running { source, stop, run } = common::start(&sim, set);
+    sim.block_on({
+        let sim = sim.clone();
+        async move {
+            let mut peer = common::session(&server, &source).await;
+            // One query; then the server reads nothing more.
+            peer.query(common::json("{}"), 3_600 * SEC).await.unwrap();
+            let taken = common::until_stable(&sim, &sent, 10 * SEC).await;
+            let limits = vantiq_connector::Limits::default();
+            // Where the parts can be: the pipe, the WebSocket layer's buffer, the outbox
+            // (budget + one), the command queue (budget + one), the handler holding one.
+            let budget = pipe
+                + vantiq_connector::TransportOptions::default().write_buffer_size
+                + limits.outbox_bytes
+                + limits.application_queue_bytes
+                + 3 * PART;
+            let held = taken as usize * PART;
+            assert!(
+                held <= budget,
+                "{taken} parts of 32 KiB ({held} bytes) taken from a handler while the server read nothing; the budgets hold {budget}"
+            );
+            assert!(taken > 0, "nothing was sent");
+            stop.shutdown();
+            drop(peer);
+            run.await.unwrap();
+        }
+    });
+}
+
 /// Back-pressure: a handler that is behind stops the reading of the socket (the server's
 /// writes wait), and reading resumes when it catches up; nothing is lost or reordered.
 #[test]

@@ -581,3 +581,38 @@ fn reconnect_required_sends_nothing_of_the_ended_session_first() {
     assert_eq!(numbers(&out), [0, 1, 2]);
     assert_eq!(out.len(), 3, "{out:?}");
 }
+
+/// Replies count against the outbox's byte budget: `can_reply` turns false once it is full
+/// (a driver then holds replies back) and true again once the socket took them.
+#[test]
+fn replies_are_held_back_once_the_outbox_is_full() {
+    let mut t = T::new(config(4));
+    t.configure();
+    t.frame(
+        r#"{"op":"query","resourceId":"S","object":{},"messageHeaders":{"REPLY_ADDR_HEADER":"q1"}}"#,
+    );
+    let Some(Event::Query { id, .. }) = t.events().pop() else {
+        panic!("no query event")
+    };
+    let budget = t.conn.config().limits.outbox_bytes;
+    let part = json(&format!(r#"[{{"pad":"{}"}}]"#, "p".repeat(64 * 1024)));
+    let mut queued = 0;
+    while t.conn.can_reply() {
+        t.conn
+            .respond(id, vantiq_proto::Reply::Partial(part.clone()))
+            .unwrap();
+        queued += 1;
+        assert!(
+            queued <= budget / part.len() + 1,
+            "can_reply never turned false"
+        );
+    }
+    assert!(t.conn.queued_bytes() >= budget);
+    // The socket takes them: room again.
+    assert_eq!(t.transmits(true).len(), queued);
+    assert!(t.conn.can_reply());
+    // Without a configured session there is nothing to hold back: a reply is refused at once.
+    t.conn
+        .handle_closed(t.now, SocketEnd::Error("reset".into()));
+    assert!(t.conn.can_reply());
+}

@@ -347,12 +347,14 @@ impl<R: Runtime> Driver<R> {
     fn poll_commands(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let mut progress = false;
         for _ in 0..COMMAND_BATCH {
-            let accept_notify = self.conn.can_notify();
-            let next = self
-                .source
-                .0
-                .commands
-                .poll_recv_if(cx, |c| accept_notify || !matches!(c, Command::Notify(_)));
+            // Notifications and replies are taken only while the outbox has room in bytes;
+            // the command queue behind them then fills and their senders wait.
+            let (notify, reply) = (self.conn.can_notify(), self.conn.can_reply());
+            let next = self.source.0.commands.poll_recv_if(cx, |c| match c {
+                Command::Notify(_) => notify,
+                Command::Reply { .. } => reply,
+                Command::Abandon { .. } => true,
+            });
             let Poll::Ready(Some(cmd)) = next else {
                 break;
             };

@@ -51,7 +51,9 @@ pub struct Limits {
     pub offline_bytes: usize,
     /// Bytes of frames waiting for the socket to take them (default 2 MiB): past it,
     /// [`Connection::notify`](crate::Connection::notify) answers
-    /// [`NotifyRefused::QueueFull`](crate::NotifyRefused::QueueFull) until the socket catches up.
+    /// [`NotifyRefused::QueueFull`](crate::NotifyRefused::QueueFull) until the socket catches
+    /// up, and [`Connection::can_reply`](crate::Connection::can_reply) tells the driver to
+    /// hold query replies back.
     pub outbox_bytes: usize,
     /// Queries awaiting their final reply (default 1 000). A query beyond it is answered at
     /// once with the error [`TOO_MANY_QUERIES_CODE`](crate::TOO_MANY_QUERIES_CODE).

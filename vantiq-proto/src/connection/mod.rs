@@ -311,6 +311,24 @@ impl Connection {
         self.queries.open.len()
     }
 
+    /// Whether a reply handed to [`Connection::respond`] now keeps the outbox within its byte
+    /// budget ([`Limits::outbox_bytes`](crate::Limits)). `respond` itself never refuses a
+    /// reply for room (a query's parts must stay in order with everything else the
+    /// application sent), so a driver holds replies back while this is false, as it holds
+    /// notifications back while [`Connection::can_notify`] is: otherwise a handler streaming
+    /// a large result to a server that stopped reading fills memory without bound. True
+    /// whenever the reply would not be queued at all (no configured session) and while a
+    /// graceful close drains.
+    #[must_use]
+    pub fn can_reply(&self) -> bool {
+        match self.state {
+            State::Configured { .. } if self.closing.is_none() => {
+                self.outbox.bytes() < self.config.limits.outbox_bytes
+            }
+            _ => true,
+        }
+    }
+
     /// Whether [`Connection::notify`] would accept a notification now: the queue it would go
     /// to (the outbox while configured, the offline queue otherwise) is below its bounds, or
     /// a graceful close is under way (the application's last notifications are taken
