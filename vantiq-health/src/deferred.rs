@@ -16,7 +16,12 @@ use crate::sync::lock;
 struct Progress {
     requested: u64,
     applied: u64,
+    /// No worker runs (or one was asked to stop): waiters give up.
     stop: bool,
+    /// Which worker may run: each stop moves it on. A worker compares it with the value it
+    /// was started under rather than reading `stop`, which the next `start` clears: a worker
+    /// told to stop and not yet scheduled must not miss it because another started since.
+    epoch: u64,
 }
 
 /// Shared between the [`Health`](crate::Health) handles and the worker.
@@ -34,11 +39,15 @@ impl Deferred {
         if worker.is_some() {
             return;
         }
-        lock(&self.progress).stop = false;
+        let epoch = {
+            let mut p = lock(&self.progress);
+            p.stop = false;
+            p.epoch
+        };
         let me = self.clone();
         match std::thread::Builder::new()
             .name("vantiq-health-auto".to_owned())
-            .spawn(move || me.run(&inner))
+            .spawn(move || me.run(&inner, epoch))
         {
             Ok(handle) => *worker = Some((handle.thread().id(), handle)),
             Err(e) => {
@@ -78,7 +87,11 @@ impl Deferred {
 
     /// Stops the worker and waits for it (unless called from the worker itself).
     pub(crate) fn stop(&self) {
-        lock(&self.progress).stop = true;
+        {
+            let mut p = lock(&self.progress);
+            p.stop = true;
+            p.epoch = p.epoch.wrapping_add(1);
+        }
         self.changed.notify_all();
         let worker = lock(&self.worker).take();
         if let Some((id, handle)) = worker
@@ -88,17 +101,17 @@ impl Deferred {
         }
     }
 
-    fn run(&self, inner: &Weak<Inner>) {
+    fn run(&self, inner: &Weak<Inner>, epoch: u64) {
         loop {
             let target = {
                 let mut p = lock(&self.progress);
-                while p.applied >= p.requested && !p.stop {
+                while p.applied >= p.requested && p.epoch == epoch {
                     p = match self.changed.wait(p) {
                         Ok(g) => g,
                         Err(poisoned) => poisoned.into_inner(),
                     };
                 }
-                if p.stop {
+                if p.epoch != epoch {
                     return;
                 }
                 p.requested

@@ -532,4 +532,49 @@ mod tests {
         assert_eq!(h.http_probe_port(), None);
         assert_eq!(h.probe_threads(), 0);
     }
+
+    /// `shutdown` joins the automatic-mode worker. A report that arrives while the worker is
+    /// busy and `shutdown` already took its handle starts a new worker; the old one must
+    /// still see that it was told to stop, or `shutdown` waits for it forever (as it did when
+    /// a cancelled connector set's sources reported `Closed` while its probes shut down).
+    #[test]
+    fn shutdown_joins_a_busy_worker_even_if_another_starts_meanwhile() {
+        let h = Health::new(HealthConfig {
+            auto: true,
+            tcp_port: 0,
+            bind: std::net::Ipv4Addr::LOCALHOST.into(),
+            ..HealthConfig::default()
+        });
+        h.register_source("a");
+        // Keep the worker busy: it blocks on `control` while applying this report.
+        let ctl = lock(&h.inner.control);
+        h.report_source_state("a", ConnectionState::Configured);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let stopper = {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                h.shutdown();
+                let _ = done_tx.send(());
+            })
+        };
+        // `shutdown` has taken the worker's handle once no worker is running.
+        while h.inner.deferred.running() {
+            std::thread::yield_now();
+        }
+        h.report_source_state("a", ConnectionState::Connecting);
+        assert!(
+            h.inner.deferred.running(),
+            "the report started a new worker"
+        );
+        drop(ctl);
+        assert!(
+            done.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "shutdown did not return: the old worker missed its stop"
+        );
+        stopper.join().unwrap();
+        // The last report (not configured) wins, whichever worker applied what.
+        assert!(h.wait_settled(Duration::from_secs(10)));
+        assert_ne!(h.is_healthy(), Some(true));
+        assert_eq!(h.tcp_probe_port(), None);
+    }
 }
