@@ -75,7 +75,45 @@ pub fn run<R: TestRuntime, Fut: Future<Output = ()>>(scenario: impl FnOnce() -> 
             .with_test_writer()
             .try_init();
     }
+    let _watchdog = Watchdog::start(SCENARIO_LIMIT);
     R::block_on(scenario());
+}
+
+/// How long a whole scenario, its runtime's teardown included, may take. Every wait inside a
+/// scenario is bounded by [`WAIT`]; a scenario that outlives this is stuck where no timer
+/// can reach it (a blocked thread, a drop that waits), and the watchdog ends the process
+/// with the test's name rather than leaving CI to time out.
+pub const SCENARIO_LIMIT: Duration = Duration::from_secs(300);
+
+/// Aborts the process if it is not dropped within its limit.
+struct Watchdog {
+    _done: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration) -> Watchdog {
+        let (done, rx) = std::sync::mpsc::channel::<()>();
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("a scenario")
+            .to_owned();
+        let watched = name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("scenario-watchdog".to_owned())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                    eprintln!(
+                        "{watched} is stuck: it did not finish (teardown included) within \
+                         {limit:?}; aborting the test process"
+                    );
+                    std::process::abort();
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("{name}: no watchdog ({e})");
+        }
+        Watchdog { _done: done }
+    }
 }
 
 /// Declares scenarios (generic `async fn name<R: TestRuntime>()`) and generates a test per

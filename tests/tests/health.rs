@@ -194,16 +194,23 @@ async fn dropping_run_stops_every_task_and_probe<R: TestRuntime>() {
     for s in &sources {
         until_state(&kit, s, |st| st == ConnectionState::Closed).await;
         kit.source(s.name()).wait_disconnected().await;
+        let waited = kit
+            .within(vantiq_e2e::WAIT, "wait_configured", s.wait_configured())
+            .await;
         assert!(
-            s.wait_configured().await.is_err(),
+            waited.is_err(),
             "{} still waits for a configuration",
             s.name()
         );
+        let late = kit
+            .within(
+                vantiq_e2e::WAIT,
+                "a late notify",
+                s.notify(&json!({"late": true})),
+            )
+            .await;
         assert!(
-            matches!(
-                s.notify(&json!({"late": true})).await,
-                Err(vantiq_connector::NotifyError::Closed)
-            ),
+            matches!(late, Err(vantiq_connector::NotifyError::Closed)),
             "{} accepted a notification after cancellation",
             s.name()
         );
