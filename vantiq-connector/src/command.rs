@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
-use vantiq_proto::{Json, QueryError, QueryId, Reply, ReplyError};
+use vantiq_proto::{Notification, QueryError, QueryId, Reply, ReplyError};
 
 use crate::lane::Weigh;
 
 /// One command for the driver.
 pub(crate) enum Command {
-    /// A notification (already known to be an object).
-    Notify(Json),
+    /// A notification in its frame (already known to be an object).
+    Notify(Notification),
     /// A reply; the verdict goes back through `link`, tagged with `seq`.
     Reply {
         id: QueryId,
@@ -33,7 +33,7 @@ pub(crate) enum Command {
 impl Weigh for Command {
     fn weight(&self) -> usize {
         match self {
-            Command::Notify(j) => j.len(),
+            Command::Notify(n) => n.len(),
             Command::Reply { reply, .. } => match reply {
                 Reply::Partial(rows) | Reply::Complete(rows) => rows.len(),
                 Reply::Empty | Reply::Error(_) => 64,

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::command::Command;
 use crate::lane::{Bounds, Lane, TrySendError};
-use vantiq_proto::{ConnectionState, Json};
+use vantiq_proto::{ConnectionState, Json, Notification, NotificationEncoder};
 
 /// Why a notification was not sent.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,9 @@ pub struct Stopped(pub String);
 
 pub(crate) struct SourceShared {
     pub(crate) name: String,
+    /// Frames this source's notifications where they are sent: the text serialized is the
+    /// frame that goes out.
+    encoder: NotificationEncoder,
     /// The state, and the configuration of the current (or last) session.
     snapshot: Mutex<(ConnectionState, Option<Json>)>,
     changed: Signal,
@@ -98,6 +101,7 @@ impl fmt::Debug for Source {
 impl Source {
     pub(crate) fn new(name: String, chunk_bytes: usize, queue: Bounds) -> Source {
         Source(Arc::new(SourceShared {
+            encoder: NotificationEncoder::new(&name),
             name,
             snapshot: Mutex::new((ConnectionState::Connecting, None)),
             changed: Signal::new(),
@@ -174,8 +178,8 @@ impl Source {
     /// # Errors
     /// The value is not an object or cannot be serialized, or the connector has stopped.
     pub async fn notify<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), NotifyError> {
-        let json = Json::from_serialize(value)?;
-        self.notify_json(json).await
+        let n = self.0.encoder.encode(value)?;
+        self.send_notification(n).await
     }
 
     /// Like [`Source::notify`] for JSON text you already have.
@@ -183,10 +187,15 @@ impl Source {
     /// # Errors
     /// As [`Source::notify`].
     pub async fn notify_json(&self, json: Json) -> Result<(), NotifyError> {
-        check_notification(&json)?;
+        self.send_notification(self.0.encoder.encode_json(&json))
+            .await
+    }
+
+    async fn send_notification(&self, n: Notification) -> Result<(), NotifyError> {
+        check_notification(&n)?;
         self.0
             .commands
-            .send(Command::Notify(json))
+            .send(Command::Notify(n))
             .await
             .map_err(|_| NotifyError::Closed)
     }
@@ -196,13 +205,13 @@ impl Source {
     /// # Errors
     /// [`TryNotifyError::Full`] when it would have to wait; otherwise as [`Source::notify`].
     pub fn try_notify<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), TryNotifyError> {
-        let json = Json::from_serialize(value).map_err(NotifyError::from)?;
-        check_notification(&json)?;
+        let n = self.0.encoder.encode(value).map_err(NotifyError::from)?;
+        check_notification(&n)?;
         self.0
             .commands
-            .try_send(Command::Notify(json))
+            .try_send(Command::Notify(n))
             .map_err(|e| match e {
-                TrySendError::Full(Command::Notify(j)) => TryNotifyError::Full(j),
+                TrySendError::Full(Command::Notify(n)) => TryNotifyError::Full(n.to_json()),
                 TrySendError::Full(_) | TrySendError::Closed(_) => NotifyError::Closed.into(),
             })
     }
@@ -248,10 +257,10 @@ impl Source {
     }
 }
 
-/// The connection's own rule for what a notification may be, applied where the caller can
-/// still be told.
-fn check_notification(json: &Json) -> Result<(), NotifyError> {
-    if vantiq_proto::Connection::is_notification(json) {
+/// The connection's own rule for what a notification may be (`Connection::notify_encoded`
+/// applies the same), checked where the caller can still be told.
+fn check_notification(n: &Notification) -> Result<(), NotifyError> {
+    if n.is_object() {
         Ok(())
     } else {
         Err(NotifyError::NotAnObject)

@@ -143,6 +143,7 @@ mod config;
 mod connection;
 pub mod frame;
 pub mod json;
+mod notification;
 mod properties;
 mod query;
 #[cfg(feature = "server")]
@@ -161,6 +162,7 @@ pub use connection::{
 };
 pub use frame::{FrameError, Status};
 pub use json::{Json, JsonTreeError};
+pub use notification::{Notification, NotificationEncoder};
 pub use properties::{Properties, PropertiesError};
 pub use query::{
     QueryError, QueryId, REPLY_ADDRESS_TOO_LONG_CODE, Reply, ReplyError, RowChunker,

@@ -285,8 +285,8 @@ impl<R: Runtime> Driver<R> {
     /// Hands one command to the connection.
     fn apply(&mut self, cmd: Command) {
         match cmd {
-            Command::Notify(json) => {
-                if self.conn.notify(json).is_err() {
+            Command::Notify(n) => {
+                if self.conn.notify_encoded(n).is_err() {
                     // Closed: counted with the rest when the connection reports its end.
                     self.source.add_undelivered(1);
                 }

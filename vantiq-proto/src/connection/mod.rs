@@ -12,6 +12,7 @@ use crate::backoff::Rng;
 use crate::config::Credentials;
 use crate::frame::{self, ClientFrame, FrameError, ServerFrame, Status, StatusFrame};
 use crate::json::Json;
+use crate::notification::{Notification, NotificationEncoder};
 use crate::query::{
     QueryError, QueryId, REPLY_ADDRESS_TOO_LONG_CODE, Reply, ReplyError, TOO_MANY_QUERIES_CODE,
 };
@@ -171,7 +172,7 @@ pub struct Connection {
     events: VecDeque<Event>,
     rng: Rng,
     stats: Stats,
-    notification_prefix: String,
+    encoder: NotificationEncoder,
     last_failure: Option<Failure>,
     /// The server refused `connectExtension` on the last attempt, and no session was
     /// configured since: the state is [`ConnectionState::Refused`] while waiting.
@@ -216,7 +217,7 @@ impl Connection {
         l.offline_notifications = l.offline_notifications.max(1);
         l.open_queries = l.open_queries.max(1);
         let mut c = Connection {
-            notification_prefix: frame::notification_prefix(&config.source),
+            encoder: NotificationEncoder::new(&config.source),
             rng: Rng::new(config.seed),
             config,
             state: State::Waiting { until: now },
@@ -363,7 +364,7 @@ impl Connection {
         let t = match self.outbox.pop(writable)? {
             Out::Connect(url) => Transmit::Connect { url },
             Out::Frame(f) | Out::Reply(f) => Transmit::Frame(f),
-            Out::Notification(n) => Transmit::Frame(self.encode_notification(&n)),
+            Out::Notification(n) => Transmit::Frame(n.into_frame()),
             Out::Ping(payload) => Transmit::Ping { payload },
             Out::Close { code, reason } => Transmit::Close { code, reason },
             Out::Abort => Transmit::Abort,
@@ -622,21 +623,57 @@ impl Connection {
     /// Not an object, the queue it would go to is full (see [`Connection::can_notify`]), or
     /// the connection is closed or closing; the error gives the notification back.
     pub fn notify(&mut self, object: Json) -> Result<(), NotifyRefused> {
-        if !Self::is_notification(&object) {
-            return Err(NotifyRefused::NotAnObject(object));
+        if let Some(why) = self.notify_refusal(object.is_object()) {
+            return Err(why(object));
         }
-        if self.state == State::Closed {
-            return Err(NotifyRefused::Closed(object));
-        }
-        if !self.can_notify() {
-            return Err(NotifyRefused::QueueFull(object));
-        }
-        if matches!(self.state, State::Configured { .. }) {
-            self.outbox.push(Out::Notification(object));
-        } else {
-            self.offline.push_back(object);
-        }
+        let n = self.encoder.encode_json(&object);
+        self.queue_notification(n);
         Ok(())
+    }
+
+    /// Like [`Connection::notify`] for a notification already in its frame, from a
+    /// [`NotificationEncoder`] for this connection's source (one made for another source
+    /// is framed again). The cheaper way: the frame is what goes out.
+    ///
+    /// # Errors
+    /// As [`Connection::notify`].
+    pub fn notify_encoded(
+        &mut self,
+        notification: Notification,
+    ) -> Result<(), NotifyRefused<Notification>> {
+        if let Some(why) = self.notify_refusal(notification.is_object()) {
+            return Err(why(notification));
+        }
+        let n = self.encoder.reframe(notification);
+        self.queue_notification(n);
+        Ok(())
+    }
+
+    /// An encoder for this connection's source.
+    #[must_use]
+    pub fn notification_encoder(&self) -> NotificationEncoder {
+        self.encoder.clone()
+    }
+
+    /// Why a notification would be refused, if it would.
+    fn notify_refusal<N>(&self, is_object: bool) -> Option<fn(N) -> NotifyRefused<N>> {
+        if !is_object {
+            Some(NotifyRefused::NotAnObject)
+        } else if self.state == State::Closed {
+            Some(NotifyRefused::Closed)
+        } else if !self.can_notify() {
+            Some(NotifyRefused::QueueFull)
+        } else {
+            None
+        }
+    }
+
+    fn queue_notification(&mut self, n: Notification) {
+        if matches!(self.state, State::Configured { .. }) {
+            self.outbox.push(Out::Notification(n));
+        } else {
+            self.offline.push_back(n);
+        }
     }
 
     /// Sends a reply to a query of the current session. A final reply (complete, empty,
@@ -1034,14 +1071,6 @@ impl Connection {
         self.closing = None;
         self.queries.open.clear();
         self.events.push_back(Event::Closed { error, undelivered });
-    }
-
-    fn encode_notification(&self, object: &Json) -> String {
-        let mut out = String::with_capacity(self.notification_prefix.len() + object.len() + 1);
-        out.push_str(&self.notification_prefix);
-        out.push_str(object.as_str());
-        out.push('}');
-        out
     }
 }
 

@@ -3,11 +3,11 @@
 
 use std::collections::VecDeque;
 
-use crate::json::Json;
+use crate::notification::Notification;
 use crate::url::TargetUrl;
 
-/// One action waiting for the driver. Notifications stay as [`Json`] until the driver takes
-/// them, so that a socket that ends first gives them back without re-parsing.
+/// One action waiting for the driver. Notifications are kept in their frames: a socket
+/// that ends first gives them back as they are, and one that takes them takes the frame.
 #[derive(Debug)]
 pub(super) enum Out {
     Connect(TargetUrl),
@@ -15,7 +15,7 @@ pub(super) enum Out {
     Frame(String),
     /// A query reply: it belongs to the session it answers.
     Reply(String),
-    Notification(Json),
+    Notification(Notification),
     Ping([u8; 8]),
     Close {
         code: u16,
@@ -96,20 +96,20 @@ impl Outbox {
     /// Takes every write out of the outbox, giving back the notifications in order; other
     /// frames are dropped (replies and handshake frames belong to the socket that ended),
     /// and the actions on sockets (connect, close, drop) stay.
-    pub(super) fn take_notifications(&mut self) -> Vec<Json> {
+    pub(super) fn take_notifications(&mut self) -> Vec<Notification> {
         self.take_writes(|_| false)
     }
 
     /// Takes what belongs to a session that ended on a socket that stays open (the server
     /// asked for a new `connectExtension`): the notifications, given back in order, and the
     /// session's replies, dropped. Handshake frames and pings stay: they are the socket's.
-    pub(super) fn take_session_writes(&mut self) -> Vec<Json> {
+    pub(super) fn take_session_writes(&mut self) -> Vec<Notification> {
         self.take_writes(|o| matches!(o, Out::Frame(_) | Out::Ping(_)))
     }
 
     /// Takes the notifications back (in order) and drops every other write that `keep`
     /// refuses; actions on sockets always stay.
-    fn take_writes(&mut self, keep: impl Fn(&Out) -> bool) -> Vec<Json> {
+    fn take_writes(&mut self, keep: impl Fn(&Out) -> bool) -> Vec<Notification> {
         let mut back = Vec::new();
         self.items.retain_mut(|o| match o {
             Out::Notification(_) => {
@@ -131,7 +131,7 @@ impl Outbox {
 /// Notifications waiting for the next session.
 #[derive(Debug, Default)]
 pub(super) struct Offline {
-    items: VecDeque<Json>,
+    items: VecDeque<Notification>,
     bytes: usize,
 }
 
@@ -148,21 +148,21 @@ impl Offline {
         self.items.is_empty()
     }
 
-    pub(super) fn push_back(&mut self, n: Json) {
+    pub(super) fn push_back(&mut self, n: Notification) {
         self.bytes += n.len();
         self.items.push_back(n);
     }
 
     /// Puts notifications that were already accepted back at the front, in their order
     /// (past the limits: they were accepted once).
-    pub(super) fn push_front_all(&mut self, ns: Vec<Json>) {
+    pub(super) fn push_front_all(&mut self, ns: Vec<Notification>) {
         for n in ns.into_iter().rev() {
             self.bytes += n.len();
             self.items.push_front(n);
         }
     }
 
-    pub(super) fn drain(&mut self) -> impl Iterator<Item = Json> + '_ {
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = Notification> + '_ {
         self.bytes = 0;
         self.items.drain(..)
     }

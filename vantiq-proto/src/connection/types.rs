@@ -226,32 +226,33 @@ pub enum Event {
     },
 }
 
-/// A notification [`Connection::notify`](crate::Connection::notify) refused, and why. Each
+/// A notification [`Connection::notify`](crate::Connection::notify) (or
+/// [`Connection::notify_encoded`](crate::Connection::notify_encoded)) refused, and why. Each
 /// variant gives the notification back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum NotifyRefused {
+pub enum NotifyRefused<N = Json> {
     /// The queue it would go to is full (offline queue while not configured, outbox while
     /// the socket is behind): try again once
     /// [`Connection::can_notify`](crate::Connection::can_notify) says so.
     #[error("the notification queue is full")]
-    QueueFull(Json),
+    QueueFull(N),
     /// A notification must be a JSON object.
     #[error("a notification must be a JSON object")]
-    NotAnObject(Json),
+    NotAnObject(N),
     /// The connection is closed or closing.
     #[error("the connection is closed")]
-    Closed(Json),
+    Closed(N),
 }
 
-impl NotifyRefused {
+impl<N> NotifyRefused<N> {
     /// Gives back the notification that was not accepted.
     #[must_use]
-    pub fn into_inner(self) -> Json {
+    pub fn into_inner(self) -> N {
         match self {
-            NotifyRefused::QueueFull(j)
-            | NotifyRefused::NotAnObject(j)
-            | NotifyRefused::Closed(j) => j,
+            NotifyRefused::QueueFull(n)
+            | NotifyRefused::NotAnObject(n)
+            | NotifyRefused::Closed(n) => n,
         }
     }
 }
