@@ -6,7 +6,7 @@
 //! connection itself decides whether the query still needs an answer.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -56,6 +56,9 @@ const HANDLER_DONE: u8 = 2;
 pub(crate) struct QueryLink {
     owner: AtomicU8,
     verdict: Mutex<Option<(u32, Result<(), ReplyError>)>>,
+    /// The `seq` of the verdict in `verdict` (0: none yet; replies count from 1), so that
+    /// looking for a verdict not given yet takes no lock.
+    given: AtomicU32,
     waker: AtomicWaker,
 }
 
@@ -64,6 +67,7 @@ impl QueryLink {
         QueryLink {
             owner: AtomicU8::new(HANDLER_RUNNING),
             verdict: Mutex::new(None),
+            given: AtomicU32::new(0),
             waker: AtomicWaker::new(),
         }
     }
@@ -93,6 +97,7 @@ impl QueryLink {
             .verdict
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((seq, verdict));
+        self.given.store(seq, Ordering::Release);
         self.waker.wake();
     }
 
@@ -113,6 +118,9 @@ impl QueryLink {
     }
 
     fn take_verdict(&self, seq: u32) -> Option<Result<(), ReplyError>> {
+        if self.given.load(Ordering::Acquire) != seq {
+            return None;
+        }
         let mut slot = self
             .verdict
             .lock()

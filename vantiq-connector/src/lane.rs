@@ -7,6 +7,7 @@
 //! thousands of idle sources.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -38,8 +39,13 @@ pub(crate) struct Bounds {
 
 pub(crate) struct Lane<T> {
     state: Mutex<State<T>>,
+    /// Values queued, plus one once closed, as of the last change (written under the lock):
+    /// the receiver finds an empty queue without taking the lock.
+    ready: AtomicUsize,
     /// Senders waiting for room.
     room: Event,
+    /// How many senders wait for room: a receive notifies `room` only when one does.
+    waiting: AtomicUsize,
     /// The receiver, waiting for a value.
     receiver: AtomicWaker,
 }
@@ -64,7 +70,9 @@ impl<T: Weigh> Lane<T> {
                 },
                 closed: false,
             }),
+            ready: AtomicUsize::new(0),
             room: Event::new(),
+            waiting: AtomicUsize::new(0),
             receiver: AtomicWaker::new(),
         }
     }
@@ -72,6 +80,13 @@ impl<T: Weigh> Lane<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // The critical sections cannot panic half-way; a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes what the receiver's lock-free look sees; called under the lock after every
+    /// change.
+    fn publish(&self, s: &State<T>) {
+        self.ready
+            .store(s.items.len() + usize::from(s.closed), Ordering::Release);
     }
 
     /// Queues `value` if there is room.
@@ -89,6 +104,7 @@ impl<T: Weigh> Lane<T> {
             }
             s.bytes += w;
             s.items.push_back(value);
+            self.publish(&s);
         }
         self.receiver.wake();
         Ok(())
@@ -104,6 +120,7 @@ impl<T: Weigh> Lane<T> {
             }
             s.bytes += value.weight();
             s.items.push_back(value);
+            self.publish(&s);
         }
         self.receiver.wake();
         Ok(())
@@ -111,12 +128,15 @@ impl<T: Weigh> Lane<T> {
 
     /// Queues `value`, waiting for room; gives it back if the queue is closed.
     pub(crate) async fn send(&self, mut value: T) -> Result<(), T> {
+        match self.try_send(value) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(v)) => return Err(v),
+            Err(TrySendError::Full(v)) => value = v,
+        }
+        // Counted before listening and looking again, so that a receive that makes room
+        // after that look knows to notify.
+        let _waiting = Waiting::new(&self.waiting);
         loop {
-            match self.try_send(value) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Closed(v)) => return Err(v),
-                Err(TrySendError::Full(v)) => value = v,
-            }
             // Listen, then look again: room made in between is not missed.
             let listener = self.room.listen();
             match self.try_send(value) {
@@ -160,12 +180,16 @@ impl<T: Weigh> Lane<T> {
     }
 
     fn take_if(&self, accept: &impl Fn(&T) -> bool) -> Taken<T> {
+        if self.ready.load(Ordering::Acquire) == 0 {
+            return Taken::Empty;
+        }
         let taken = {
             let mut s = self.lock();
             match s.items.front() {
                 Some(v) if accept(v) => match s.items.pop_front() {
                     Some(v) => {
                         s.bytes -= v.weight();
+                        self.publish(&s);
                         Taken::Value(v)
                     }
                     None => Taken::Empty,
@@ -175,8 +199,7 @@ impl<T: Weigh> Lane<T> {
                 None => Taken::Empty,
             }
         };
-        if matches!(taken, Taken::Value(_)) {
-            // Cheap when no sender waits.
+        if matches!(taken, Taken::Value(_)) && self.waiting.load(Ordering::Acquire) > 0 {
             self.room.notify_additional(1);
         }
         taken
@@ -184,7 +207,11 @@ impl<T: Weigh> Lane<T> {
 
     /// Refuses further values (waiting senders get theirs back); queued ones stay receivable.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
+        {
+            let mut s = self.lock();
+            s.closed = true;
+            self.publish(&s);
+        }
         self.room.notify(usize::MAX);
         self.receiver.wake();
     }
@@ -203,6 +230,22 @@ impl<T: Weigh> Lane<T> {
     pub(crate) fn len_bytes(&self) -> (usize, usize) {
         let s = self.lock();
         (s.items.len(), s.bytes)
+    }
+}
+
+/// A sender waiting for room, counted while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
