@@ -47,7 +47,7 @@
 //!
 //! The SDK's own logs, errors and `Debug` output never show the token, the password or the
 //! reconnect secret. The WebSocket library, tungstenite, logs every frame's payload at
-//! `trace` through the `log` crate: keep it at `debug` with [`SECRET_SAFE_LOG_DIRECTIVE`]
+//! `trace` through the `log` crate: keep it at `info` with [`SECRET_SAFE_LOG_DIRECTIVE`]
 //! when you log at `trace` with a `log` bridge. Risky settings (credentials sent in plain
 //! text, a `server.config` with the token that others can read, no incoming size limit) are
 //! in [`ServerConfig::warnings`], which a [`ConnectorSet`] logs once when it is built.
