@@ -221,3 +221,28 @@ async fn dropping_run_stops_every_task_and_probe<R: TestRuntime>() {
     assert!(!tcp_open(http), "the HTTP probe stopped");
     assert!(!tcp_open(tcp), "the TCP probe stopped");
 }
+
+/// The probes on IPv6: bound to `::1` and to `::`, reachable on `::1`, closed when declared
+/// unhealthy.
+#[test]
+#[cfg_attr(
+    no_ipv6_loopback,
+    ignore = "no IPv6 loopback on the machine that built this test (tests/build.rs)"
+)]
+fn probes_work_on_ipv6() {
+    use std::net::Ipv6Addr;
+    use vantiq_connector::{Health, HealthConfig};
+    for bind in [Ipv6Addr::LOCALHOST, Ipv6Addr::UNSPECIFIED] {
+        let h = Health::new(HealthConfig {
+            tcp_port: 0,
+            bind: bind.into(),
+            ..HealthConfig::default()
+        });
+        h.declare_healthy().unwrap();
+        let port = h.tcp_probe_port().unwrap();
+        TcpStream::connect((Ipv6Addr::LOCALHOST, port)).unwrap();
+        h.declare_unhealthy().unwrap();
+        assert!(TcpStream::connect((Ipv6Addr::LOCALHOST, port)).is_err());
+        assert_eq!(h.probe_threads(), 0);
+    }
+}

@@ -401,3 +401,41 @@ fn tokio_example_a_second_signal_exits_at_once() {
 fn smol_example_a_second_signal_exits_at_once() {
     a_second_signal_exits_at_once(env!("CARGO_BIN_EXE_example-echo-smol"), "smol");
 }
+
+/// The README's first command: the quickstart runs a whole session against the embedded
+/// server on its own and exits 0, having seen each step it prints.
+#[test]
+fn the_readme_quickstart_runs_end_to_end() {
+    let child = Command::new(env!("CARGO_BIN_EXE_example-quickstart"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the quickstart did not end within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "Vantiq test server listening on ",
+        "configured with ",
+        "published {\"burst\": 3, ...}",
+        "  rows: ",
+        "after reconnectRequired the connector says: ",
+        "  same socket: 1 socket(s) opened in all",
+        "shut down cleanly (close frames seen: [(Some(1000), ",
+    ] {
+        assert!(stdout.contains(step), "no `{step}` in:\n{stdout}");
+    }
+}
