@@ -33,7 +33,7 @@ pub(crate) enum Command {
 impl Weigh for Command {
     fn weight(&self) -> usize {
         match self {
-            Command::Notify(n) => n.len(),
+            Command::Notify(n) => n.held(),
             Command::Reply { reply, .. } => match reply {
                 Reply::Partial(rows) | Reply::Complete(rows) => rows.len(),
                 Reply::Empty | Reply::Error(_) => 64,

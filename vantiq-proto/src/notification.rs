@@ -20,20 +20,38 @@
 //! ```
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
 use crate::frame;
 use crate::json::Json;
 
-/// Room for the object that a new frame starts with: most notifications fit, and a larger
-/// one grows the buffer as serializing would anyway.
+/// Room for the object that the first frame starts with.
 const OBJECT_HINT: usize = 128;
+/// The largest room a frame starts with, whatever came before it.
+const MAX_HINT: usize = 64 * 1024;
+/// Unused room a notification may keep: past it (and past an eighth of its length) the
+/// buffer is shrunk to fit, so that what a queue holds is about what it weighs.
+const MAX_SLACK: usize = 128;
 
 /// Encodes notifications for one source into their frames. Cheap to clone; one per source.
-#[derive(Clone)]
+///
+/// A frame starts with room for an object the size of the last one encoded (notifications of
+/// one source tend to be alike), so that it is written once, into a buffer of about its size.
 pub struct NotificationEncoder {
     prefix: String,
+    /// Bytes of the last object encoded.
+    hint: AtomicUsize,
+}
+
+impl Clone for NotificationEncoder {
+    fn clone(&self) -> Self {
+        NotificationEncoder {
+            prefix: self.prefix.clone(),
+            hint: AtomicUsize::new(self.hint.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl NotificationEncoder {
@@ -42,6 +60,7 @@ impl NotificationEncoder {
     pub fn new(source: &str) -> Self {
         NotificationEncoder {
             prefix: frame::notification_prefix(source),
+            hint: AtomicUsize::new(OBJECT_HINT),
         }
     }
 
@@ -55,22 +74,31 @@ impl NotificationEncoder {
         &self,
         value: &T,
     ) -> Result<Notification, serde_json::Error> {
-        let mut buf = Vec::with_capacity(self.prefix.len() + OBJECT_HINT);
+        // A little more than the last object: a number with one digit more still fits.
+        let hint = self.hint.load(Ordering::Relaxed).min(MAX_HINT);
+        let mut buf = Vec::with_capacity(self.prefix.len() + hint + hint / 16 + 8);
         buf.extend_from_slice(self.prefix.as_bytes());
         serde_json::to_writer(&mut buf, value)?;
         buf.push(b'}');
         let frame = String::from_utf8(buf).map_err(|_| {
             <serde_json::Error as serde::ser::Error>::custom("the serializer wrote invalid UTF-8")
         })?;
-        Ok(Notification::new(frame, self.prefix.len()))
+        let n = Notification::new(frame, self.prefix.len());
+        self.hint.store(n.len(), Ordering::Relaxed);
+        Ok(n)
     }
 
     /// Frames JSON text you already have (one copy of it).
     #[must_use]
     pub fn encode_json(&self, object: &Json) -> Notification {
+        self.frame(object.as_str())
+    }
+
+    /// A frame of this encoder's source around `object`, in a buffer of its exact size.
+    fn frame(&self, object: &str) -> Notification {
         let mut frame = String::with_capacity(self.prefix.len() + object.len() + 1);
         frame.push_str(&self.prefix);
-        frame.push_str(object.as_str());
+        frame.push_str(object);
         frame.push('}');
         Notification {
             frame,
@@ -88,14 +116,7 @@ impl NotificationEncoder {
         if self.framed(&n) {
             return n;
         }
-        let mut frame = String::with_capacity(self.prefix.len() + n.len() + 1);
-        frame.push_str(&self.prefix);
-        frame.push_str(n.object());
-        frame.push('}');
-        Notification {
-            frame,
-            start: self.prefix.len(),
-        }
+        self.frame(n.object())
     }
 }
 
@@ -107,8 +128,9 @@ impl fmt::Debug for NotificationEncoder {
     }
 }
 
-/// A notification in its frame, from [`NotificationEncoder`]. Sizes and limits count its
-/// object's bytes, as they count a [`Json`]'s.
+/// A notification in its frame, from [`NotificationEncoder`]. [`Notification::len`] is its
+/// object's length, as for a [`Json`]; the connection's byte budgets count what it holds
+/// ([`Notification::held`]), the frame and its buffer's spare room.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Notification {
     /// Prefix, object, `}`.
@@ -122,7 +144,7 @@ impl Notification {
         // A large object can leave much of the buffer unused; a queued notification should
         // hold about what it weighs.
         let len = frame.len();
-        if frame.capacity() - len > OBJECT_HINT && frame.capacity() > len + len / 8 {
+        if frame.capacity() - len > MAX_SLACK && frame.capacity() > len + len / 8 {
             frame.shrink_to_fit();
         }
         Notification { frame, start }
@@ -145,6 +167,13 @@ impl Notification {
     #[must_use]
     pub fn len(&self) -> usize {
         self.object().len()
+    }
+
+    /// Bytes this notification holds: its frame's buffer, spare room included. This is what
+    /// a connection's byte budgets count.
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.frame.capacity()
     }
 
     /// Never true: valid JSON text is at least one byte long. Present for API symmetry.
@@ -237,5 +266,35 @@ mod tests {
             .encode(&serde_json::json!({ "big": big }))
             .unwrap();
         assert!(n.frame.capacity() <= n.frame.len() + n.frame.len() / 8);
+        assert_eq!(n.held(), n.frame.capacity());
+    }
+
+    /// What a queued notification holds stays close to its frame: alike notifications get a
+    /// buffer of about their size, and a small one after a large one does not keep the large
+    /// one's room.
+    #[test]
+    fn a_notification_holds_about_its_frame() {
+        let e = NotificationEncoder::new("s");
+        let close = |n: &Notification| {
+            let len = n.frame().len();
+            assert!(n.held() >= len);
+            assert!(
+                n.held() <= len + MAX_SLACK,
+                "{} held for a frame of {len}",
+                n.held()
+            );
+        };
+        for i in 0..100u32 {
+            close(
+                &e.encode(&serde_json::json!({ "seq": i, "v": "x".repeat(300) }))
+                    .unwrap(),
+            );
+        }
+        close(
+            &e.encode(&serde_json::json!({ "big": "y".repeat(200_000) }))
+                .unwrap(),
+        );
+        close(&e.encode(&serde_json::json!({})).unwrap());
+        close(&e.clone().encode(&serde_json::json!({ "a": 1 })).unwrap());
     }
 }

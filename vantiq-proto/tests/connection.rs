@@ -428,14 +428,15 @@ fn queues_are_bounded_in_bytes() {
     let mut t = T::new(cfg);
     let pad = "p".repeat(1000);
     let big = |n: u64| json(&format!(r#"{{"n":{n},"pad":"{pad}"}}"#));
-    // Offline: ten of about 1 KiB, then full.
+    // Offline: nine of about 1.1 KiB each (object, frame and slot), then full.
+    let one = 1013 + 100;
     let mut n = 0;
     while t.conn.notify(big(n)).is_ok() {
         n += 1;
     }
     // Taken while below the budget: at most the budget plus one.
-    assert_eq!(n, 11);
-    assert!(t.conn.queued_bytes() <= 10 * 1024 + 1013);
+    assert_eq!(n, 10);
+    assert!(t.conn.queued_bytes() <= 10 * 1024 + one);
     assert!(!t.conn.can_notify());
     assert!(matches!(
         t.conn.notify(big(99)),
@@ -445,13 +446,57 @@ fn queues_are_bounded_in_bytes() {
     // Configured: the notifications queued offline are in the outbox and fill it; once the
     // socket took them, it takes about 4 KiB more.
     assert!(!t.conn.can_notify());
-    assert_eq!(numbers(&t.transmits(true)).len(), 11);
+    assert_eq!(numbers(&t.transmits(true)).len(), 10);
     let mut m = 0;
     while t.conn.notify(big(100 + m)).is_ok() {
         m += 1;
     }
-    assert_eq!(m, 5);
-    assert!(t.conn.queued_bytes() <= 4 * 1024 + 1013);
+    assert_eq!(m, 4);
+    assert!(t.conn.queued_bytes() <= 4 * 1024 + one);
+}
+
+/// The byte budgets count what a notification holds (its frame, its buffer's spare room,
+/// its slot in the queue), not the length of its object: a flood of empty objects while the
+/// socket takes nothing cannot hold more than the budget in memory.
+#[test]
+fn tiny_notifications_weigh_what_they_hold() {
+    let mut cfg = config(9);
+    cfg.limits.offline_bytes = 64 * 1024;
+    cfg.limits.offline_notifications = 1_000_000;
+    cfg.limits.outbox_bytes = 64 * 1024;
+    let mut t = T::new(cfg);
+    let frame_len = vantiq_proto::NotificationEncoder::new("S")
+        .encode_json(&json("{}"))
+        .frame()
+        .len();
+    let mut offline = 0;
+    while t.conn.notify(json("{}")).is_ok() {
+        offline += 1;
+    }
+    // Counted by object length (2 bytes), 32,768 would have been taken.
+    assert!(
+        offline * frame_len <= 64 * 1024 + frame_len,
+        "{offline} empty notifications taken offline"
+    );
+    assert!(t.conn.queued_bytes() >= offline * frame_len);
+    t.configure();
+    let delivered = t
+        .transmits(true)
+        .iter()
+        .filter(|x| matches!(x, Transmit::Frame(f) if f.contains(r#""op":"notification""#)))
+        .count();
+    assert_eq!(delivered, offline);
+    // Now the socket takes nothing: the outbox fills to its budget, by what its frames hold.
+    let mut sent = 0;
+    while t.conn.notify(json("{}")).is_ok() {
+        sent += 1;
+    }
+    assert!(sent > 0);
+    assert!(
+        sent * frame_len <= 64 * 1024 + frame_len,
+        "{sent} empty notifications taken into an outbox of 64 KiB"
+    );
+    assert!(t.conn.queued_bytes() >= sent * frame_len);
 }
 
 #[test]

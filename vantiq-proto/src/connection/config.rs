@@ -47,9 +47,11 @@ impl Default for KeepAlive {
 pub struct Limits {
     /// Notifications held while not configured (default 10 000).
     pub offline_notifications: usize,
-    /// Bytes of notifications held while not configured (default 8 MiB).
+    /// Bytes of notifications held while not configured (default 8 MiB): what they hold in
+    /// memory, their frames and queue slots, not the length of their objects.
     pub offline_bytes: usize,
-    /// Bytes of frames waiting for the socket to take them (default 2 MiB): past it,
+    /// Bytes of frames waiting for the socket to take them (default 2 MiB), counted as for
+    /// `offline_bytes`: past it,
     /// [`Connection::notify`](crate::Connection::notify) answers
     /// [`NotifyRefused::QueueFull`](crate::NotifyRefused::QueueFull) until the socket catches
     /// up, and [`Connection::can_reply`](crate::Connection::can_reply) tells the driver to

@@ -25,12 +25,16 @@ pub(super) enum Out {
 }
 
 impl Out {
+    /// Bytes a frame holds in the outbox: its buffer and its slot, so that many small
+    /// frames weigh what they take (a ping or an action on a socket weighs nothing: there
+    /// are few of them).
     fn bytes(&self) -> usize {
-        match self {
-            Out::Frame(f) | Out::Reply(f) => f.len(),
-            Out::Notification(n) => n.len(),
-            _ => 0,
-        }
+        let held = match self {
+            Out::Frame(f) | Out::Reply(f) => f.capacity(),
+            Out::Notification(n) => n.held(),
+            _ => return 0,
+        };
+        held + std::mem::size_of::<Out>()
     }
 
     pub(super) fn needs_write(&self) -> bool {
@@ -149,7 +153,7 @@ impl Offline {
     }
 
     pub(super) fn push_back(&mut self, n: Notification) {
-        self.bytes += n.len();
+        self.bytes += held(&n);
         self.items.push_back(n);
     }
 
@@ -157,7 +161,7 @@ impl Offline {
     /// (past the limits: they were accepted once).
     pub(super) fn push_front_all(&mut self, ns: Vec<Notification>) {
         for n in ns.into_iter().rev() {
-            self.bytes += n.len();
+            self.bytes += held(&n);
             self.items.push_front(n);
         }
     }
@@ -166,4 +170,9 @@ impl Offline {
         self.bytes = 0;
         self.items.drain(..)
     }
+}
+
+/// Bytes a notification holds in the offline queue: its frame's buffer and its slot.
+fn held(n: &Notification) -> usize {
+    n.held() + std::mem::size_of::<Notification>()
 }
