@@ -18,6 +18,9 @@ struct Progress {
     applied: u64,
     /// No worker runs (or one was asked to stop): waiters give up.
     stop: bool,
+    /// Stopped with the probes ([`Deferred::stop`]): no worker starts until
+    /// [`Deferred::resume`].
+    shut: bool,
     /// Which worker may run: each stop moves it on. A worker compares it with the value it
     /// was started under rather than reading `stop`, which the next `start` clears: a worker
     /// told to stop and not yet scheduled must not miss it because another started since.
@@ -32,15 +35,29 @@ pub(crate) struct Deferred {
     worker: Mutex<Option<(ThreadId, JoinHandle<()>)>>,
 }
 
+/// Whether a worker runs after [`Deferred::start`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Worker {
+    /// It runs: requests are applied by it.
+    Running,
+    /// Automatic mode stopped with the probes: requests are not applied.
+    Shut,
+    /// It could not be started: the caller applies requests itself.
+    Failed,
+}
+
 impl Deferred {
-    /// Starts the worker if it does not run yet.
-    pub(crate) fn start(self: &Arc<Self>, inner: Weak<Inner>) {
+    /// Starts the worker if it does not run yet (and automatic mode was not stopped).
+    pub(crate) fn start(self: &Arc<Self>, inner: Weak<Inner>) -> Worker {
         let mut worker = lock(&self.worker);
         if worker.is_some() {
-            return;
+            return Worker::Running;
         }
         let epoch = {
             let mut p = lock(&self.progress);
+            if p.shut {
+                return Worker::Shut;
+            }
             p.stop = false;
             p.epoch
         };
@@ -49,14 +66,24 @@ impl Deferred {
             .name("vantiq-health-auto".to_owned())
             .spawn(move || me.run(&inner, epoch))
         {
-            Ok(handle) => *worker = Some((handle.thread().id(), handle)),
+            Ok(handle) => {
+                *worker = Some((handle.thread().id(), handle));
+                Worker::Running
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "automatic health: could not start its thread; applied inline instead")
+                tracing::warn!(error = %e, "automatic health: could not start its thread; applied inline instead");
+                Worker::Failed
             }
         }
     }
 
+    /// Lets a worker start again after [`Deferred::stop`] (the probes are being opened again).
+    pub(crate) fn resume(&self) {
+        lock(&self.progress).shut = false;
+    }
+
     /// Whether a worker runs (otherwise requests are applied by the caller).
+    #[cfg(test)]
     pub(crate) fn running(&self) -> bool {
         lock(&self.worker).is_some()
     }
@@ -85,11 +112,13 @@ impl Deferred {
         p.applied >= target
     }
 
-    /// Stops the worker and waits for it (unless called from the worker itself).
+    /// Stops the worker and waits for it (unless called from the worker itself); none starts
+    /// again until [`Deferred::resume`].
     pub(crate) fn stop(&self) {
         {
             let mut p = lock(&self.progress);
             p.stop = true;
+            p.shut = true;
             p.epoch = p.epoch.wrapping_add(1);
         }
         self.changed.notify_all();

@@ -104,7 +104,7 @@ pub use state::{HealthReport, Readiness};
 /// The state of a source, as the SDK reports it (one vocabulary for the whole SDK).
 pub use vantiq_proto::ConnectionState;
 
-use deferred::Deferred;
+use deferred::{Deferred, Worker};
 use listener::{AcceptLoop, accept_until_stopped};
 use state::Shared;
 use sync::lock;
@@ -159,6 +159,7 @@ impl Health {
     /// Idempotent. When the port cannot be bound (e.g. it is in use), returns
     /// [`HealthError::Bind`], whose message names the port, and leaves the state unchanged.
     pub fn declare_healthy(&self) -> Result<(), HealthError> {
+        self.inner.deferred.resume();
         let mut ctl = lock(&self.inner.control);
         self.inner.healthy_locked(&mut ctl)
     }
@@ -169,6 +170,7 @@ impl Health {
     /// Idempotent. Fails only if the probe's thread cannot be woken (see
     /// [`HealthError::Stop`]); the state is then unchanged.
     pub fn declare_unhealthy(&self) -> Result<(), HealthError> {
+        self.inner.deferred.resume();
         let mut ctl = lock(&self.inner.control);
         self.inner.unhealthy_locked(&mut ctl)
     }
@@ -199,6 +201,7 @@ impl Health {
         let Some(port) = self.inner.cfg.http_port else {
             return Ok(None);
         };
+        self.inner.deferred.resume();
         let mut ctl = lock(&self.inner.control);
         if let Some(http) = &ctl.http {
             return Ok(Some(http.local_addr().port()));
@@ -247,6 +250,7 @@ impl Health {
     /// In automatic mode, a connector that was healthy becomes unhealthy until the new
     /// source is configured.
     pub fn register_source(&self, name: &str) {
+        self.inner.deferred.resume();
         let mut ctl = lock(&self.inner.control);
         lock(&self.inner.shared.data)
             .sources
@@ -254,7 +258,7 @@ impl Health {
             .or_insert(ConnectionState::Connecting);
         if self.inner.cfg.auto {
             self.inner.apply_auto(&mut ctl);
-            self.inner.deferred.start(Arc::downgrade(&self.inner));
+            let _ = self.inner.deferred.start(Arc::downgrade(&self.inner));
         }
     }
 
@@ -299,13 +303,11 @@ impl Health {
         if !self.inner.cfg.auto {
             return;
         }
-        if !self.inner.deferred.running() {
-            self.inner.deferred.start(Arc::downgrade(&self.inner));
-        }
-        if self.inner.deferred.running() {
-            self.inner.deferred.request();
-        } else {
-            self.inner.apply_auto_now();
+        match self.inner.deferred.start(Arc::downgrade(&self.inner)) {
+            Worker::Running => self.inner.deferred.request(),
+            // Stopped with the probes: recorded, nothing opened.
+            Worker::Shut => {}
+            Worker::Failed => self.inner.apply_auto_now(),
         }
     }
 
@@ -341,9 +343,13 @@ impl Health {
     /// their threads. A connector that was healthy is now unhealthy (nothing answers for
     /// it); a state never declared stays so. Sources and liveness are kept.
     ///
+    /// Automatic mode stops with them: states reported afterwards are recorded
+    /// ([`Health::source_state`], `/readyz`) but open nothing, so that sources that end after
+    /// the probes (a cancelled connector set's) do not start it again.
+    ///
     /// Afterwards the probes can be opened again ([`Health::declare_healthy`],
-    /// [`Health::start_http`]) — unlike the Python SDK, whose closed probe can never
-    /// reopen. A probe whose thread cannot be woken is detached (it exits on its next
+    /// [`Health::start_http`], [`Health::register_source`], which also resume automatic
+    /// mode) — unlike the Python SDK, whose closed probe can never reopen. A probe whose thread cannot be woken is detached (it exits on its next
     /// connection) and the error kept in [`Health::last_error`].
     pub fn shutdown(&self) {
         self.inner.deferred.stop();
@@ -533,10 +539,11 @@ mod tests {
         assert_eq!(h.probe_threads(), 0);
     }
 
-    /// `shutdown` joins the automatic-mode worker. A report that arrives while the worker is
-    /// busy and `shutdown` already took its handle starts a new worker; the old one must
-    /// still see that it was told to stop, or `shutdown` waits for it forever (as it did when
-    /// a cancelled connector set's sources reported `Closed` while its probes shut down).
+    /// `shutdown` joins the automatic-mode worker. If the probes are opened again while the
+    /// worker is busy and `shutdown` already took its handle, a report starts a new worker;
+    /// the old one must still see that it was told to stop, or `shutdown` waits for it
+    /// forever (as it did when a cancelled connector set's sources reported `Closed` while
+    /// its probes shut down).
     #[test]
     fn shutdown_joins_a_busy_worker_even_if_another_starts_meanwhile() {
         let h = Health::new(HealthConfig {
@@ -561,6 +568,8 @@ mod tests {
         while h.inner.deferred.running() {
             std::thread::yield_now();
         }
+        // The probes are opened again meanwhile: automatic mode resumes.
+        h.inner.deferred.resume();
         h.report_source_state("a", ConnectionState::Connecting);
         assert!(
             h.inner.deferred.running(),
@@ -576,5 +585,38 @@ mod tests {
         assert!(h.wait_settled(Duration::from_secs(10)));
         assert_ne!(h.is_healthy(), Some(true));
         assert_eq!(h.tcp_probe_port(), None);
+    }
+
+    /// After `shutdown`, sources that report their end (a cancelled connector set's, whose
+    /// tasks end after its probes) start no worker and open nothing; opening a probe again
+    /// resumes automatic mode.
+    #[test]
+    fn reports_after_shutdown_start_nothing_until_a_probe_opens_again() {
+        let h = Health::new(HealthConfig {
+            auto: true,
+            tcp_port: 0,
+            bind: std::net::Ipv4Addr::LOCALHOST.into(),
+            ..HealthConfig::default()
+        });
+        h.register_source("a");
+        h.report_source_state("a", ConnectionState::Configured);
+        assert!(h.wait_settled(Duration::from_secs(10)));
+        assert!(h.tcp_probe_port().is_some());
+        h.shutdown();
+        assert!(!h.inner.deferred.running());
+        h.report_source_state("a", ConnectionState::Closed);
+        h.report_source_state("a", ConnectionState::Configured);
+        assert!(!h.inner.deferred.running(), "a report restarted the worker");
+        assert!(h.wait_settled(Duration::from_secs(10)));
+        assert_eq!(h.source_state("a"), Some(ConnectionState::Configured));
+        assert_eq!(h.tcp_probe_port(), None, "a report opened a probe");
+        assert_eq!(h.probe_threads(), 0);
+        // Opening a probe again resumes automatic mode.
+        h.declare_unhealthy().unwrap();
+        h.report_source_state("a", ConnectionState::Configured);
+        assert!(h.inner.deferred.running());
+        assert!(h.wait_settled(Duration::from_secs(10)));
+        assert!(h.tcp_probe_port().is_some());
+        h.shutdown();
     }
 }
