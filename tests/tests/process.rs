@@ -412,14 +412,16 @@ fn the_readme_quickstart_runs_end_to_end() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = child.id().to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = rx
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .expect("the quickstart did not end within 120 s")
-        .unwrap();
+    let Ok(out) = rx.recv_timeout(std::time::Duration::from_secs(120)) else {
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+        panic!("the quickstart did not end within 120 s");
+    };
+    let out = out.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -427,11 +429,20 @@ fn the_readme_quickstart_runs_end_to_end() {
         "stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        stdout.matches("  notification: {\"seq\":").count(),
+        3,
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("  reply ").count(), 3, "{stdout}");
     for step in [
         "Vantiq test server listening on ",
-        "configured with ",
+        "configured with {\"pollMs\":500,\"room\":\"kitchen\"}",
+        "  declared healthy: Some(true)",
         "published {\"burst\": 3, ...}",
-        "  rows: ",
+        "  reply 3: status 200 body [{\"i\":4}]",
+        "  rows: [{\"i\":0},{\"i\":1},{\"i\":2},{\"i\":3},{\"i\":4}]",
+        "after reconnectRequired the connector says: {\"connected\":true,\"config\":{\"pollMs\":250,\"room\":\"attic\"}}",
         "after reconnectRequired the connector says: ",
         "  same socket: 1 socket(s) opened in all",
         "shut down cleanly (close frames seen: [(Some(1000), ",
