@@ -581,8 +581,18 @@ impl<'de> Fields<'de> for Wire<'de> {
 }
 
 fn parse_wire(bytes: &[u8]) -> Result<Wire<'_>, FrameError> {
+    // Valid UTF-8 (every text frame is) is checked once, in one pass, rather than string by
+    // string as the parser meets them; anything else is left to the parser to report.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_wire_from(serde_json::Deserializer::from_str(text)),
+        Err(_) => parse_wire_from(serde_json::Deserializer::from_slice(bytes)),
+    }
+}
+
+fn parse_wire_from<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+) -> Result<Wire<'de>, FrameError> {
     let mut wire = Wire::default();
-    let mut de = serde_json::Deserializer::from_slice(bytes);
     if let Err(e) = Lenient(&mut wire).deserialize(&mut de) {
         return Err(match wire.not_an_object {
             Some(found) => FrameError::NotAnObject { found },
