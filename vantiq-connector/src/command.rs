@@ -30,14 +30,21 @@ pub(crate) enum Command {
     Abandon { id: QueryId, error: QueryError },
 }
 
+impl Command {
+    /// Bytes a reply holds, for the queue's bounds.
+    pub(crate) fn reply_weight(reply: &Reply) -> usize {
+        match reply {
+            Reply::Partial(rows) | Reply::Complete(rows) => rows.len(),
+            Reply::Empty | Reply::Error(_) => 64,
+        }
+    }
+}
+
 impl Weigh for Command {
     fn weight(&self) -> usize {
         match self {
             Command::Notify(n) => n.held(),
-            Command::Reply { reply, .. } => match reply {
-                Reply::Partial(rows) | Reply::Complete(rows) => rows.len(),
-                Reply::Empty | Reply::Error(_) => 64,
-            },
+            Command::Reply { reply, .. } => Command::reply_weight(reply),
             Command::Abandon { .. } => 64,
         }
     }

@@ -89,6 +89,11 @@ impl<T: Weigh> Lane<T> {
             .store(s.items.len() + usize::from(s.closed), Ordering::Release);
     }
 
+    /// Nothing is queued and the queue is open, as of the last change (no lock taken).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ready.load(Ordering::Acquire) == 0
+    }
+
     /// Queues `value` if there is room.
     pub(crate) fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
         let w = value.weight();

@@ -82,6 +82,7 @@
 //! ```
 
 mod command;
+mod desk;
 mod driver;
 mod handler;
 mod lane;

@@ -7,9 +7,12 @@ use futures_core::Stream;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use vantiq_proto::{Json, QueryError, QueryId, Reply, ReplyError, RowChunker, reply_overhead};
+use vantiq_proto::{
+    Connection, Json, QueryError, QueryId, Reply, ReplyError, RowChunker, reply_overhead,
+};
 
 use crate::command::{Command, QueryLink};
+use crate::desk;
 use crate::source::Source;
 
 /// Code of the error sent for a query when no query handler is set.
@@ -176,17 +179,14 @@ impl Query {
         let terminal = reply.is_terminal();
         self.parts += 1;
         let seq = self.parts;
-        let cmd = Command::Reply {
-            id: self.id,
-            reply,
-            link: self.link.clone(),
-            seq,
-        };
-        if self.source.0.commands.send(cmd).await.is_err() {
-            self.finished = true;
-            return Err(ReplyError::Closed);
-        }
-        let verdict = std::future::poll_fn(|cx| self.link.poll_verdict(seq, cx)).await;
+        let id = self.id;
+        let bytes = Command::reply_weight(&reply);
+        let respond = |conn: &mut Connection, reply| conn.respond(id, reply);
+        let verdict =
+            match desk::hand(&self.source, reply, bytes, Connection::can_reply, respond).await {
+                Ok(verdict) => verdict,
+                Err(reply) => self.send_queued(reply, seq).await,
+            };
         // Finished when the final reply went out, or when nothing more can reach the server
         // for this query (then it is not reported dropped either). A refused final reply
         // (rows of the wrong shape) leaves the query open: dropping it answers it.
@@ -198,6 +198,20 @@ impl Query {
             ),
         };
         verdict
+    }
+
+    /// The way through the command queue: the reply waits for room, then for its verdict.
+    async fn send_queued(&mut self, reply: Reply, seq: u32) -> Result<(), ReplyError> {
+        let cmd = Command::Reply {
+            id: self.id,
+            reply,
+            link: self.link.clone(),
+            seq,
+        };
+        if self.source.0.commands.send(cmd).await.is_err() {
+            return Err(ReplyError::Closed);
+        }
+        std::future::poll_fn(|cx| self.link.poll_verdict(seq, cx)).await
     }
 
     fn rows<T: Serialize + ?Sized>(rows: &T) -> Result<Json, ReplyError> {

@@ -9,8 +9,11 @@ use event_listener::Event as Signal;
 use serde::Serialize;
 
 use crate::command::Command;
+use crate::desk;
 use crate::lane::{Bounds, Lane, TrySendError};
-use vantiq_proto::{ConnectionState, Json, Notification, NotificationEncoder};
+use vantiq_proto::{
+    Connection, ConnectionState, Json, Notification, NotificationEncoder, NotifyRefused,
+};
 
 /// Why a notification was not sent.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,11 @@ impl Source {
         }))
     }
 
+    /// Identifies this source's shared state (the same for every clone of the handle).
+    pub(crate) fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0).addr()
+    }
+
     /// The source name.
     #[must_use]
     pub fn name(&self) -> &str {
@@ -193,6 +201,11 @@ impl Source {
 
     async fn send_notification(&self, n: Notification) -> Result<(), NotifyError> {
         check_notification(&n)?;
+        let bytes = n.held();
+        let n = match desk::hand(self, n, bytes, Connection::can_notify, notify_now).await {
+            Ok(verdict) => return verdict,
+            Err(n) => n,
+        };
         self.0
             .commands
             .send(Command::Notify(n))
@@ -207,6 +220,11 @@ impl Source {
     pub fn try_notify<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), TryNotifyError> {
         let n = self.0.encoder.encode(value).map_err(NotifyError::from)?;
         check_notification(&n)?;
+        let bytes = n.held();
+        let n = match desk::try_hand(self, n, bytes, Connection::can_notify, notify_now) {
+            Ok(verdict) => return verdict.map_err(TryNotifyError::from),
+            Err(n) => n,
+        };
         self.0
             .commands
             .try_send(Command::Notify(n))
@@ -254,6 +272,17 @@ impl Source {
             }
             listener.await;
         }
+    }
+}
+
+/// Hands a notification to the connection itself (the desk's way in): the connection's
+/// verdict, as the caller sees it.
+fn notify_now(conn: &mut Connection, n: Notification) -> Result<(), NotifyError> {
+    match conn.notify_encoded(n) {
+        Ok(()) => Ok(()),
+        Err(NotifyRefused::NotAnObject(_)) => Err(NotifyError::NotAnObject),
+        // Room was looked at first, so a refusal means the connection takes no more.
+        Err(_) => Err(NotifyError::Closed),
     }
 }
 

@@ -60,6 +60,55 @@ fn a_session_echoes_and_answers() {
     });
 }
 
+/// What a handler sends while the driver polls it is applied to the connection directly,
+/// but never ahead of what the source's queue already holds: here a notification queued from
+/// another thread during the handler stays ahead of the handler's own notifications and of
+/// its query reply.
+#[test]
+fn a_handler_send_never_overtakes_what_was_queued_before_it() {
+    fn from_another_thread(source: &vantiq_connector::Source, n: u64) {
+        std::thread::scope(|s| {
+            s.spawn(|| source.try_notify(&serde_json::json!({ "n": n })).unwrap());
+        });
+    }
+    let sim = SimRuntime::new();
+    let server = common::server(&sim);
+    let set = common::set(&sim, "")
+        .on_publish(|s, _m| async move {
+            from_another_thread(&s, 0);
+            s.notify(&serde_json::json!({ "n": 1 })).await?;
+            s.notify(&serde_json::json!({ "n": 2 })).await?;
+            Ok(())
+        })
+        .on_query(|s, q| async move {
+            from_another_thread(&s, 3);
+            q.complete(&serde_json::json!([{ "a": 1 }])).await?;
+            s.notify(&serde_json::json!({ "n": 4 })).await?;
+            Ok(())
+        });
+    let common::Running { source, stop, run } = common::start(&sim, set);
+    sim.block_on(async move {
+        let mut peer = common::session(&server, &source).await;
+        peer.publish(common::json("{}")).await.unwrap();
+        assert_eq!(common::numbers(&mut peer, Some(3)).await, [0, 1, 2]);
+        peer.query(common::json("{}"), 60 * SEC).await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            match peer.next_frame().await {
+                Some(ClientFrame::Notification { object, .. }) => {
+                    seen.push(object.to_value().unwrap()["n"].to_string());
+                }
+                Some(ClientFrame::QueryReply(r)) => seen.push(format!("reply {}", r.status.0)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, ["3", "reply 200", "4"]);
+        stop.shutdown();
+        assert!(peer.next_frame().await.is_none());
+        run.await.unwrap();
+    });
+}
+
 /// Finding of the adversarial server: a graceful server close in the middle of a
 /// notification burst lost exactly one notification (the frame the driver had taken when
 /// the WebSocket layer refused to send after the close). The server here reads the socket to

@@ -8,7 +8,9 @@
 //!   bytes;
 //! * [`observer`]: the source's state, published to its handle and to health;
 //! * this module: the loop that feeds the connection what happens (commands from the
-//!   source's handles, frames, socket ends, time) and hands on what it asks for.
+//!   source's handles, frames, socket ends, time) and hands on what it asks for;
+//! * [`Desk`]: the connection, which the handlers this loop polls reach directly (what they
+//!   send is applied on the spot, in order with the command queue, with its verdict at once).
 //!
 //! Written once over [`Runtime`], as a hand-rolled `poll` so that nothing waits on anything
 //! else: reading, writing, the timer, the command queue and the handler in progress all
@@ -39,6 +41,7 @@ use vantiq_health::Health;
 use vantiq_proto::{Connection, Event, FatalError, Reply, SocketEnd, Transmit};
 
 use crate::command::Command;
+use crate::desk::Desk;
 use crate::handler::DynHandler;
 use crate::lane::Bounds;
 use crate::runtime::{Runtime, Timer};
@@ -92,7 +95,8 @@ struct Ending {
 
 pub(crate) struct Driver<R: Runtime> {
     runtime: R,
-    conn: Connection,
+    /// The connection, on the desk through which the handlers reach it directly.
+    desk: Desk,
     source: Source,
     link: Link<R>,
     runner: Runner,
@@ -110,11 +114,12 @@ pub(crate) struct Driver<R: Runtime> {
 /// without a word: replies waiting for a verdict get `Closed`, notifications are counted.
 impl<R: Runtime> Drop for Driver<R> {
     fn drop(&mut self) {
-        if self.conn.state().is_ended() {
+        if self.desk.conn.get_mut().state().is_ended() {
             return; // closed: `on_closed` already accounted for everything
         }
         self.source.0.commands.close();
-        let left = self.drain_commands_after_close() + self.conn.queued_notifications() as u64;
+        let left = self.drain_commands_after_close()
+            + self.desk.conn.get_mut().queued_notifications() as u64;
         if left > 0 {
             self.source.add_undelivered(left);
             tracing::warn!(
@@ -134,8 +139,8 @@ impl<R: Runtime> Driver<R> {
             link: Link::new(parts.link),
             runner: Runner::new(parts.handler, parts.source.clone(), parts.events),
             observer: Observer::new(parts.source.clone(), parts.health),
+            desk: Desk::new(&parts.source, parts.conn),
             source: parts.source,
-            conn: parts.conn,
             shutdown: Box::pin(parts.shutdown),
             clock: Clock { timer, armed: None },
             ending: Ending::default(),
@@ -190,18 +195,24 @@ impl<R: Runtime> Driver<R> {
         Poll::Pending
     }
 
-    /// Runs the handlers, handing what they send to the connection at once: a handler that
-    /// answered a query waits for the connection's verdict, so it can finish (and the next
-    /// event start) in the same turn rather than one turn of the whole loop later.
+    /// Runs up to [`HANDLER_BATCH`] handlers. What they send reaches the connection at
+    /// once: directly while the driver polls them (see `desk`), else through the command
+    /// queue, which is taken between handlers, so a handler that waits for the verdict on
+    /// its reply can finish (and the next event start) in the same turn.
     fn poll_handlers(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let mut progress = false;
-        for _ in 0..HANDLER_BATCH {
-            let ran = self.runner.poll(cx);
+        let mut left = HANDLER_BATCH;
+        while left > 0 {
+            let ((ran, finished), direct) = self.desk.open(|| self.runner.poll(cx, left));
+            if direct {
+                self.after_input(now);
+            }
             let took = self.poll_commands(cx, now);
-            progress |= ran | took;
+            progress |= ran | direct | took;
             if !took {
                 break;
             }
+            left = left.saturating_sub(finished.max(1));
         }
         progress
     }
@@ -221,25 +232,29 @@ impl<R: Runtime> Driver<R> {
     /// there were any. (Transmits are performed by `poll_write`, which runs every turn.)
     fn after_input(&mut self, now: Instant) -> bool {
         let mut any = false;
-        while let Some(e) = self.conn.poll_event() {
+        while let Some(e) = self.desk.conn.get_mut().poll_event() {
             any = true;
             match e {
                 Event::Configured { config } => {
-                    tracing::info!(session = self.conn.session(), "source configured");
-                    self.observer.publish(&self.conn, Some(config.clone()));
+                    tracing::info!(
+                        session = self.desk.conn.get_mut().session(),
+                        "source configured"
+                    );
+                    self.observer
+                        .publish(self.desk.conn.get_mut(), Some(config.clone()));
                     self.runner.push(Event::Configured { config });
                 }
                 Event::Disconnected { reason } => {
                     tracing::info!(?reason, "session ended");
                     // Queries of the ended session are refused from now on.
-                    self.observer.publish(&self.conn, None);
+                    self.observer.publish(self.desk.conn.get_mut(), None);
                     self.runner.push(Event::Disconnected { reason });
                 }
                 Event::Closed { error, undelivered } => self.on_closed(now, error, undelivered),
                 e @ (Event::Publish { .. } | Event::Query { .. }) => self.runner.push(e),
             }
         }
-        self.observer.publish(&self.conn, None);
+        self.observer.publish(self.desk.conn.get_mut(), None);
         any
     }
 
@@ -260,8 +275,8 @@ impl<R: Runtime> Driver<R> {
                 "notifications accepted for this source were never delivered: the connector stopped before the server could take them"
             );
         }
-        self.observer.publish(&self.conn, None);
-        let grace = self.conn.config().close_timeout;
+        self.observer.publish(self.desk.conn.get_mut(), None);
+        let grace = self.desk.conn.get_mut().config().close_timeout;
         self.ending.handlers_deadline = Some(now + grace);
         self.ending.outcome = Some(error);
     }
@@ -286,7 +301,7 @@ impl<R: Runtime> Driver<R> {
     fn apply(&mut self, cmd: Command) {
         match cmd {
             Command::Notify(n) => {
-                if self.conn.notify_encoded(n).is_err() {
+                if self.desk.conn.get_mut().notify_encoded(n).is_err() {
                     // Closed: counted with the rest when the connection reports its end.
                     self.source.add_undelivered(1);
                 }
@@ -297,11 +312,17 @@ impl<R: Runtime> Driver<R> {
                 link,
                 seq,
             } => {
-                let verdict = self.conn.respond(id, reply);
+                let verdict = self.desk.conn.get_mut().respond(id, reply);
                 link.set_verdict(seq, verdict);
             }
             Command::Abandon { id, error } => {
-                if self.conn.respond(id, Reply::Error(error)).is_ok() {
+                if self
+                    .desk
+                    .conn
+                    .get_mut()
+                    .respond(id, Reply::Error(error))
+                    .is_ok()
+                {
                     tracing::debug!(
                         query = id.seq(),
                         "query answered with an error for the application"
@@ -323,7 +344,7 @@ impl<R: Runtime> Driver<R> {
         // The handles' last commands are taken whatever the bounds (the queue bounds them),
         // and the close timeout bounds how long they may take.
         self.source.0.commands.close();
-        self.conn.close(now);
+        self.desk.conn.get_mut().close(now);
         while let Some(cmd) = self.source.0.commands.try_recv() {
             self.apply(cmd);
         }
@@ -336,9 +357,13 @@ impl<R: Runtime> Driver<R> {
             return false;
         };
         match result {
-            Ok(()) => self.conn.handle_open(now),
+            Ok(()) => self.desk.conn.get_mut().handle_open(now),
             // Logged by the connection, once per failed attempt, with the back-off.
-            Err(e) => self.conn.handle_closed(now, SocketEnd::ConnectFailed(e)),
+            Err(e) => self
+                .desk
+                .conn
+                .get_mut()
+                .handle_closed(now, SocketEnd::ConnectFailed(e)),
         }
         self.after_input(now);
         true
@@ -349,7 +374,10 @@ impl<R: Runtime> Driver<R> {
         for _ in 0..COMMAND_BATCH {
             // Notifications and replies are taken only while the outbox has room in bytes;
             // the command queue behind them then fills and their senders wait.
-            let (notify, reply) = (self.conn.can_notify(), self.conn.can_reply());
+            let (notify, reply) = (
+                self.desk.conn.get_mut().can_notify(),
+                self.desk.conn.get_mut().can_reply(),
+            );
             let next = self.source.0.commands.poll_recv_if(cx, |c| match c {
                 Command::Notify(_) => notify,
                 Command::Reply { .. } => reply,
@@ -382,7 +410,7 @@ impl<R: Runtime> Driver<R> {
                     return true;
                 }
             };
-            let Some(t) = self.conn.poll_transmit(writable) else {
+            let Some(t) = self.desk.conn.get_mut().poll_transmit(writable) else {
                 break;
             };
             progress = true;
@@ -399,7 +427,10 @@ impl<R: Runtime> Driver<R> {
         // in the same turn.
         if self.link.is_open() {
             let (waiting, progressed) = self.link.write_report();
-            self.conn.handle_write_status(now, waiting, progressed);
+            self.desk
+                .conn
+                .get_mut()
+                .handle_write_status(now, waiting, progressed);
         }
         // Taking transmits can end a graceful close: its events come out too.
         progress | self.after_input(now)
@@ -429,13 +460,13 @@ impl<R: Runtime> Driver<R> {
         if let SocketEnd::Error(e) = &end {
             tracing::warn!(error = %e, "socket error");
         }
-        self.conn.handle_closed(now, end);
+        self.desk.conn.get_mut().handle_closed(now, end);
         self.after_input(now);
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let paused = self.runner.is_full();
-        self.conn.set_reading_paused(paused);
+        self.desk.conn.get_mut().set_reading_paused(paused);
         if paused {
             return false;
         }
@@ -452,16 +483,18 @@ impl<R: Runtime> Driver<R> {
             match incoming {
                 Incoming::Frame(msg) => {
                     let data = msg.into_data();
-                    if let Err(e) = self.conn.handle_frame(now, &data) {
+                    if let Err(e) = self.desk.conn.get_mut().handle_frame(now, &data) {
                         tracing::warn!(error = %e, bytes = data.len(), "dropped a frame from the server");
                         tracing::trace!(frame = %String::from_utf8_lossy(&data), "the dropped frame");
                     }
                 }
-                Incoming::Pong(payload) => self.conn.handle_pong(now, &payload),
+                Incoming::Pong(payload) => self.desk.conn.get_mut().handle_pong(now, &payload),
                 Incoming::Closed { code, reason } => {
                     // The session is over now; the socket finishes its handshake on its own.
                     self.link.peer_closed(now);
-                    self.conn
+                    self.desk
+                        .conn
+                        .get_mut()
                         .handle_closed(now, SocketEnd::Closed { code, reason });
                 }
                 Incoming::Ended => {
@@ -470,7 +503,7 @@ impl<R: Runtime> Driver<R> {
                         code: None,
                         reason: "the connection ended".to_owned(),
                     };
-                    self.conn.handle_closed(now, end);
+                    self.desk.conn.get_mut().handle_closed(now, end);
                 }
                 Incoming::Failed(e) => {
                     self.socket_failed(now, SocketEnd::Error(e));
@@ -485,9 +518,9 @@ impl<R: Runtime> Driver<R> {
     // ---- time ---------------------------------------------------------------------------------
 
     /// The earliest instant something must happen.
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         [
-            self.conn.poll_timeout(),
+            self.desk.conn.get_mut().poll_timeout(),
             self.link.closing_deadline(),
             self.ending.handlers_deadline,
         ]
@@ -522,8 +555,14 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn on_deadline(&mut self, cx: &mut Context<'_>, now: Instant) {
-        if self.conn.poll_timeout().is_some_and(|d| d <= now) {
-            self.conn.handle_timeout(now);
+        if self
+            .desk
+            .conn
+            .get_mut()
+            .poll_timeout()
+            .is_some_and(|d| d <= now)
+        {
+            self.desk.conn.get_mut().handle_timeout(now);
             self.after_input(now);
         }
         self.link.poll_closing(cx, now);

@@ -79,21 +79,27 @@ impl Runner {
         self.running.is_none() && self.queue.is_empty()
     }
 
-    /// Runs handlers until one waits or no event is left. True if anything happened.
-    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Runs handlers until one waits, no event is left, or `max` have finished. Returns
+    /// whether anything happened and how many finished.
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>, max: usize) -> (bool, usize) {
         let mut progress = false;
+        let mut finished = 0;
         loop {
             if let Some(running) = self.running.as_mut() {
                 let Poll::Ready(result) = Pin::new(&mut running.future).poll(cx) else {
-                    return progress;
+                    return (progress, finished);
                 };
                 progress = true;
+                finished += 1;
                 if let Some(done) = self.running.take() {
                     self.finish(done, result);
                 }
             }
+            if finished >= max {
+                return (progress, finished);
+            }
             let Some(e) = self.queue.pop_front() else {
-                return progress;
+                return (progress, finished);
             };
             progress = true;
             self.queued_bytes -= event_bytes(&e);

@@ -1,0 +1,258 @@
+//! The short way in: what a handler sends while its own driver polls it goes straight to
+//! the connection, with its verdict at once.
+//!
+//! A handler runs inside its source's task, so most replies and many notifications are
+//! sent while the driver is in the middle of polling the very handler that sends them.
+//! Through the command queue each of those costs a lock on the way in and out, a wake-up,
+//! and (for a reply, which waits for its verdict) a second poll of the handler. Instead, the
+//! driver sets its desk (the connection and this turn's budget) for the span of polling its
+//! handlers, and a send made there is applied on the spot when that keeps every promise of
+//! the queue:
+//!
+//! * **order:** only when nothing of this source waits in its command queue (a notification
+//!   sent earlier from elsewhere, or by the same handler when the connection had no room, is
+//!   ahead and stays ahead);
+//! * **bounds:** only when the connection would take it from the queue now
+//!   ([`Connection::can_notify`], [`Connection::can_reply`]); otherwise the send goes to the
+//!   queue and waits there as before;
+//! * **fairness:** at most [`BUDGET_BYTES`] per poll of the handlers; past it a send yields
+//!   once, so that the driver writes what was sent before the handler goes on.
+//!
+//! Anywhere else (another task, another source's driver, no driver at all) the desk is not
+//! set and the queue is used.
+
+use std::cell::{Cell, RefCell};
+use std::task::Poll;
+
+use vantiq_proto::Connection;
+
+use crate::source::Source;
+
+/// Bytes applied straight from the handlers in one poll of them, before a send yields so
+/// that the driver writes.
+pub(crate) const BUDGET_BYTES: usize = 256 << 10;
+
+/// A driver's connection and what its handlers may still hand it directly in this poll.
+pub(crate) struct Desk {
+    /// The source whose driver this is (the address of its shared state).
+    source: usize,
+    pub(crate) conn: RefCell<Connection>,
+    /// Bytes that may still be applied directly in this poll of the handlers.
+    budget: Cell<usize>,
+    /// Something was applied directly since the driver last looked.
+    used: Cell<bool>,
+    /// A send yielded for the budget since the driver last looked.
+    yielded: Cell<bool>,
+}
+
+scoped_tls::scoped_thread_local!(static DESK: Desk);
+
+/// What became of an attempt to hand something over directly.
+enum Attempt<T, R> {
+    /// Applied; the connection's verdict.
+    Done(R),
+    /// This poll's budget is spent: yield, then try again.
+    Spent(T),
+    /// Not here (no desk, another source, something queued ahead, no room): use the queue.
+    Queue(T),
+}
+
+impl Desk {
+    pub(crate) fn new(source: &Source, conn: Connection) -> Self {
+        Desk {
+            source: source.addr(),
+            conn: RefCell::new(conn),
+            budget: Cell::new(0),
+            used: Cell::new(false),
+            yielded: Cell::new(false),
+        }
+    }
+
+    /// Runs `f` (the handlers' poll) with this desk set and a fresh budget; true if anything
+    /// was applied directly or a send yielded meanwhile (the driver has work either way).
+    pub(crate) fn open<R>(&self, f: impl FnOnce() -> R) -> (R, bool) {
+        self.budget.set(BUDGET_BYTES);
+        let r = DESK.set(self, f);
+        let busy = self.used.replace(false) | self.yielded.replace(false);
+        (r, busy)
+    }
+
+    /// Applies `op` to the connection if this is `source`'s desk, set now, with nothing of
+    /// the source queued and room for `value`.
+    fn attempt<T, R>(
+        source: &Source,
+        value: T,
+        bytes: usize,
+        room: impl FnOnce(&Connection) -> bool,
+        op: impl FnOnce(&mut Connection, T) -> R,
+    ) -> Attempt<T, R> {
+        if !DESK.is_set() {
+            return Attempt::Queue(value);
+        }
+        DESK.with(|desk| {
+            if desk.source != source.addr() || !source.0.commands.is_empty() {
+                return Attempt::Queue(value);
+            }
+            let Ok(mut conn) = desk.conn.try_borrow_mut() else {
+                return Attempt::Queue(value);
+            };
+            if !room(&conn) {
+                return Attempt::Queue(value);
+            }
+            let budget = desk.budget.get();
+            if budget == 0 {
+                desk.yielded.set(true);
+                return Attempt::Spent(value);
+            }
+            desk.budget.set(budget.saturating_sub(bytes));
+            desk.used.set(true);
+            Attempt::Done(op(&mut conn, value))
+        })
+    }
+}
+
+/// Hands `value` to `source`'s connection directly if it may (see the module docs), yielding
+/// once first when this poll's budget is spent; gives `value` back for the queue otherwise.
+pub(crate) async fn hand<T, R>(
+    source: &Source,
+    value: T,
+    bytes: usize,
+    room: impl Fn(&Connection) -> bool,
+    op: impl Fn(&mut Connection, T) -> R,
+) -> Result<R, T> {
+    let value = match Desk::attempt(source, value, bytes, &room, &op) {
+        Attempt::Done(r) => return Ok(r),
+        Attempt::Queue(v) => return Err(v),
+        Attempt::Spent(v) => v,
+    };
+    yield_once().await;
+    match Desk::attempt(source, value, bytes, &room, op) {
+        Attempt::Done(r) => Ok(r),
+        Attempt::Queue(v) | Attempt::Spent(v) => Err(v),
+    }
+}
+
+/// Like [`hand`] for a caller that cannot wait: a spent budget sends it to the queue.
+pub(crate) fn try_hand<T, R>(
+    source: &Source,
+    value: T,
+    bytes: usize,
+    room: impl FnOnce(&Connection) -> bool,
+    op: impl FnOnce(&mut Connection, T) -> R,
+) -> Result<R, T> {
+    match Desk::attempt(source, value, bytes, room, op) {
+        Attempt::Done(r) => Ok(r),
+        Attempt::Queue(v) | Attempt::Spent(v) => Err(v),
+    }
+}
+
+/// Returns `Pending` once, waking the task: the driver polls its handlers again after it
+/// has written (and, polling them, does so whatever the waker).
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+    use std::time::Instant;
+
+    use vantiq_proto::{Connection, ConnectionConfig, Credentials, Secret, TargetUrl};
+
+    use super::{BUDGET_BYTES, Desk, hand, try_hand};
+    use crate::lane::Bounds;
+    use crate::source::Source;
+
+    fn source(name: &str) -> Source {
+        let bounds = Bounds {
+            count: 64,
+            bytes: 1 << 20,
+        };
+        Source::new(name.to_owned(), 1 << 10, bounds)
+    }
+
+    /// A desk for `source`: its connection is not connected yet, so what it takes waits in
+    /// its offline queue, which has room for all the tests send.
+    fn desk(source: &Source) -> Desk {
+        let url = TargetUrl::parse("ws://localhost:1/api/v1/wsock/websocket").unwrap();
+        let config =
+            ConnectionConfig::new(source.name(), url, Credentials::Token(Secret::new("t")), 7);
+        Desk::new(source, Connection::new(config, Instant::now()))
+    }
+
+    /// A send: a number handed to the connection as a notification's worth of bytes.
+    fn op(conn: &mut Connection, n: u32) -> (u32, usize) {
+        (n, conn.queued_notifications())
+    }
+
+    #[test]
+    fn only_the_desk_of_the_source_itself_is_used() {
+        let (a, b) = (source("a"), source("b"));
+        let desk = desk(&a);
+        // No desk set: the queue.
+        assert_eq!(try_hand(&a, 1, 8, |_| true, op), Err(1));
+        let ((mine, theirs), busy) = desk.open(|| {
+            (
+                try_hand(&a, 2, 8, |_| true, op),
+                try_hand(&b, 3, 8, |_| true, op),
+            )
+        });
+        assert_eq!(mine, Ok((2, 0)));
+        assert_eq!(theirs, Err(3));
+        assert!(busy);
+        // Nothing applied: the driver is not told it has work.
+        let (_, busy) = desk.open(|| try_hand(&b, 4, 8, |_| true, op));
+        assert!(!busy);
+    }
+
+    #[test]
+    fn what_is_queued_stays_ahead_and_no_room_means_the_queue() {
+        let a = source("a");
+        let desk = desk(&a);
+        let queued = a.try_notify(&serde_json::json!({ "n": 0 }));
+        assert!(queued.is_ok(), "{queued:?}");
+        let (r, _) = desk.open(|| try_hand(&a, 1, 8, |_| true, op));
+        assert_eq!(r, Err(1), "went past a notification queued before it");
+        assert!(a.0.commands.try_recv().is_some());
+        let (r, busy) = desk.open(|| try_hand(&a, 2, 8, |_| false, op));
+        assert_eq!(r, Err(2), "applied although the connection had no room");
+        assert!(!busy);
+    }
+
+    #[test]
+    fn a_spent_budget_yields_once_then_goes_on() {
+        let a = source("a");
+        let desk = desk(&a);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let step = BUDGET_BYTES / 4;
+        // Four sends spend the budget; the fifth yields, and is applied in the next poll of
+        // the handlers, with a fresh budget.
+        let mut sends = pin!(async {
+            let mut got = Vec::new();
+            for n in 0..6 {
+                got.push(hand(&a, n, step, |_| true, op).await.unwrap().0);
+            }
+            got
+        });
+        let (first, busy) = desk.open(|| sends.as_mut().poll(&mut cx));
+        assert_eq!(first, Poll::Pending);
+        assert!(busy);
+        let (second, _) = desk.open(|| sends.as_mut().poll(&mut cx));
+        assert_eq!(second, Poll::Ready(vec![0, 1, 2, 3, 4, 5]));
+        // Outside any poll of the handlers a send is not applied, and not held up either.
+        let mut outside = pin!(hand(&a, 9, step, |_| true, op));
+        assert_eq!(outside.as_mut().poll(&mut cx), Poll::Ready(Err(9)));
+    }
+}
