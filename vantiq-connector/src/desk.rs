@@ -13,10 +13,12 @@
 //!   sent earlier from elsewhere, or by the same handler when the connection had no room, is
 //!   ahead and stays ahead);
 //! * **bounds:** only when the connection would take it from the queue now
-//!   ([`Connection::can_notify`], [`Connection::can_reply`]); otherwise the send goes to the
-//!   queue and waits there as before;
-//! * **fairness:** at most [`BUDGET_BYTES`] per poll of the handlers; past it a send yields
-//!   once, so that the driver writes what was sent before the handler goes on.
+//!   ([`Connection::can_notify`], [`Connection::can_reply`]); otherwise the send waits for
+//!   room where it is, and the driver, which polls its handlers every turn, lets it try
+//!   again after each write (without a wake-up: the driver already runs when the socket
+//!   takes bytes, the only thing that makes room);
+//! * **fairness:** at most [`BUDGET_BYTES`] per poll of the handlers; past it a send yields,
+//!   so that the driver writes what was sent before the handler goes on.
 //!
 //! Anywhere else (another task, another source's driver, no driver at all) the desk is not
 //! set and the queue is used.
@@ -53,6 +55,8 @@ enum Attempt<T, R> {
     Done(R),
     /// This poll's budget is spent: yield, then try again.
     Spent(T),
+    /// The connection has no room: try again in the next poll of the handlers.
+    Full(T),
     /// Not here (no desk, another source, something queued ahead, no room): use the queue.
     Queue(T),
 }
@@ -96,8 +100,9 @@ impl Desk {
             let Ok(mut conn) = desk.conn.try_borrow_mut() else {
                 return Attempt::Queue(value);
             };
-            if !room(&conn) {
-                return Attempt::Queue(value);
+            // An ended connection has no room ever, and refuses with its own words.
+            if !room(&conn) && !conn.state().is_ended() {
+                return Attempt::Full(value);
             }
             let budget = desk.budget.get();
             if budget == 0 {
@@ -111,8 +116,9 @@ impl Desk {
     }
 }
 
-/// Hands `value` to `source`'s connection directly if it may (see the module docs), yielding
-/// once first when this poll's budget is spent; gives `value` back for the queue otherwise.
+/// Hands `value` to `source`'s connection directly if it may (see the module docs),
+/// waiting for the budget or for room as needed; gives `value` back for the queue when it
+/// may not.
 pub(crate) async fn hand<T, R>(
     source: &Source,
     value: T,
@@ -120,16 +126,26 @@ pub(crate) async fn hand<T, R>(
     room: impl Fn(&Connection) -> bool,
     op: impl Fn(&mut Connection, T) -> R,
 ) -> Result<R, T> {
-    let value = match Desk::attempt(source, value, bytes, &room, &op) {
-        Attempt::Done(r) => return Ok(r),
-        Attempt::Queue(v) => return Err(v),
-        Attempt::Spent(v) => v,
-    };
-    yield_once().await;
-    match Desk::attempt(source, value, bytes, &room, op) {
-        Attempt::Done(r) => Ok(r),
-        Attempt::Queue(v) | Attempt::Spent(v) => Err(v),
-    }
+    let mut value = Some(value);
+    std::future::poll_fn(|cx| {
+        let Some(v) = value.take() else {
+            return Poll::Pending; // not polled again once ready
+        };
+        match Desk::attempt(source, v, bytes, &room, &op) {
+            Attempt::Done(r) => Poll::Ready(Ok(r)),
+            Attempt::Queue(v) => Poll::Ready(Err(v)),
+            Attempt::Spent(v) => {
+                value = Some(v);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Attempt::Full(v) => {
+                value = Some(v);
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// Like [`hand`] for a caller that cannot wait: a spent budget sends it to the queue.
@@ -142,23 +158,8 @@ pub(crate) fn try_hand<T, R>(
 ) -> Result<R, T> {
     match Desk::attempt(source, value, bytes, room, op) {
         Attempt::Done(r) => Ok(r),
-        Attempt::Queue(v) | Attempt::Spent(v) => Err(v),
+        Attempt::Queue(v) | Attempt::Spent(v) | Attempt::Full(v) => Err(v),
     }
-}
-
-/// Returns `Pending` once, waking the task: the driver polls its handlers again after it
-/// has written (and, polling them, does so whatever the waker).
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await;
 }
 
 #[cfg(test)]
@@ -254,5 +255,40 @@ mod tests {
         // Outside any poll of the handlers a send is not applied, and not held up either.
         let mut outside = pin!(hand(&a, 9, step, |_| true, op));
         assert_eq!(outside.as_mut().poll(&mut cx), Poll::Ready(Err(9)));
+    }
+
+    #[test]
+    fn without_room_a_send_waits_quietly_until_a_later_poll_finds_some() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::task::{Wake, Waker};
+
+        /// Counts wake-ups: waiting for room must not cause any (the driver would spin).
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let a = source("a");
+        let desk = desk(&a);
+        let room = AtomicBool::new(false);
+        let mut send = pin!(hand(&a, 5, 8, |_| room.load(Ordering::SeqCst), op));
+        for _ in 0..3 {
+            let (r, busy) = desk.open(|| send.as_mut().poll(&mut cx));
+            assert_eq!(r, Poll::Pending);
+            assert!(
+                !busy,
+                "a send waiting for room made the driver think it has work"
+            );
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        room.store(true, Ordering::SeqCst);
+        let (r, busy) = desk.open(|| send.as_mut().poll(&mut cx));
+        assert_eq!(r, Poll::Ready(Ok((5, 0))));
+        assert!(busy);
     }
 }
