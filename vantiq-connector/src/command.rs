@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
-use vantiq_proto::{Notification, QueryError, QueryId, Reply, ReplyError};
+use vantiq_proto::{Json, Notification, QueryError, QueryId, Reply, ReplyError};
 
 use crate::lane::Weigh;
 
@@ -61,6 +61,12 @@ const HANDLER_DONE: u8 = 2;
 /// Shared between a [`Query`](crate::Query) and the driver: who answers an abandoned query,
 /// and the verdict on the latest reply.
 pub(crate) struct QueryLink {
+    /// The query's identity within its connection.
+    pub(crate) id: QueryId,
+    /// Its WITH parameters.
+    pub(crate) params: Json,
+    /// The server's reply address.
+    pub(crate) reply_address: String,
     owner: AtomicU8,
     verdict: Mutex<Option<(u32, Result<(), ReplyError>)>>,
     /// The `seq` of the verdict in `verdict` (0: none yet; replies count from 1), so that
@@ -70,8 +76,11 @@ pub(crate) struct QueryLink {
 }
 
 impl QueryLink {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(id: QueryId, params: Json, reply_address: String) -> Self {
         QueryLink {
+            id,
+            params,
+            reply_address,
             owner: AtomicU8::new(HANDLER_RUNNING),
             verdict: Mutex::new(None),
             given: AtomicU32::new(0),

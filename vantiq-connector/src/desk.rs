@@ -24,7 +24,7 @@
 //! set and the queue is used.
 
 use std::cell::{Cell, RefCell};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use vantiq_proto::Connection;
 
@@ -119,33 +119,64 @@ impl Desk {
 /// Hands `value` to `source`'s connection directly if it may (see the module docs),
 /// waiting for the budget or for room as needed; gives `value` back for the queue when it
 /// may not.
-pub(crate) async fn hand<T, R>(
+pub(crate) fn hand<T, R, Room, Op>(
     source: &Source,
     value: T,
     bytes: usize,
-    room: impl Fn(&Connection) -> bool,
-    op: impl Fn(&mut Connection, T) -> R,
-) -> Result<R, T> {
-    let mut value = Some(value);
-    std::future::poll_fn(|cx| {
-        let Some(v) = value.take() else {
+    room: Room,
+    op: Op,
+) -> Hand<'_, T, Room, Op>
+where
+    Room: Fn(&Connection) -> bool,
+    Op: Fn(&mut Connection, T) -> R,
+{
+    Hand {
+        source,
+        value: Some(value),
+        bytes,
+        room,
+        op,
+    }
+}
+
+/// The future of [`hand`]: a plain struct, so that the value is held once (an `async fn`
+/// would hold it in its arguments and again in its body, and every handler's future with
+/// it).
+pub(crate) struct Hand<'a, T, Room, Op> {
+    source: &'a Source,
+    value: Option<T>,
+    bytes: usize,
+    room: Room,
+    op: Op,
+}
+
+impl<T, R, Room, Op> std::future::Future for Hand<'_, T, Room, Op>
+where
+    T: Unpin,
+    Room: Fn(&Connection) -> bool + Unpin,
+    Op: Fn(&mut Connection, T) -> R + Unpin,
+{
+    type Output = Result<R, T>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R, T>> {
+        let this = &mut *self;
+        let Some(v) = this.value.take() else {
             return Poll::Pending; // not polled again once ready
         };
-        match Desk::attempt(source, v, bytes, &room, &op) {
+        match Desk::attempt(this.source, v, this.bytes, &this.room, &this.op) {
             Attempt::Done(r) => Poll::Ready(Ok(r)),
             Attempt::Queue(v) => Poll::Ready(Err(v)),
             Attempt::Spent(v) => {
-                value = Some(v);
+                this.value = Some(v);
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
             Attempt::Full(v) => {
-                value = Some(v);
+                this.value = Some(v);
                 Poll::Pending
             }
         }
-    })
-    .await
+    }
 }
 
 /// Like [`hand`] for a caller that cannot wait: a spent budget sends it to the queue.

@@ -85,10 +85,9 @@ pub(crate) fn dropped_error(source: &str) -> QueryError {
 /// }
 /// ```
 pub struct Query {
-    id: QueryId,
-    params: Json,
-    reply_address: String,
     source: Source,
+    /// The query itself (id, parameters, reply address) and what its driver shares with
+    /// it: one allocation, and a `Query` small enough to move through a handler cheaply.
     link: Arc<QueryLink>,
     parts: u32,
     finished: bool,
@@ -99,9 +98,9 @@ impl fmt::Debug for Query {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Query")
             .field("source", &self.source.name())
-            .field("id", &self.id)
-            .field("reply_address", &self.reply_address)
-            .field("params", &self.params)
+            .field("id", &self.link.id)
+            .field("reply_address", &self.link.reply_address)
+            .field("params", &self.link.params)
             .field("parts", &self.parts)
             .field("finished", &self.finished)
             .finish()
@@ -109,18 +108,9 @@ impl fmt::Debug for Query {
 }
 
 impl Query {
-    pub(crate) fn new(
-        id: QueryId,
-        params: Json,
-        reply_address: String,
-        source: Source,
-        link: Arc<QueryLink>,
-    ) -> Self {
+    pub(crate) fn new(source: Source, link: Arc<QueryLink>) -> Self {
         let chunk_bytes = source.0.chunk_bytes;
         Query {
-            id,
-            params,
-            reply_address,
             source,
             link,
             parts: 0,
@@ -132,13 +122,13 @@ impl Query {
     /// The query's identity within its connection.
     #[must_use]
     pub fn id(&self) -> QueryId {
-        self.id
+        self.link.id
     }
 
     /// The WITH parameters as JSON text.
     #[must_use]
     pub fn params(&self) -> &Json {
-        &self.params
+        &self.link.params
     }
 
     /// The WITH parameters deserialized into your type.
@@ -146,13 +136,13 @@ impl Query {
     /// # Errors
     /// The parameters do not have the shape `T` expects.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        self.params.parse()
+        self.link.params.parse()
     }
 
     /// The server's reply address (for logs).
     #[must_use]
     pub fn reply_address(&self) -> &str {
-        &self.reply_address
+        &self.link.reply_address
     }
 
     /// The source the query came to.
@@ -175,43 +165,42 @@ impl Query {
 
     /// Hands `reply` to the driver, in order with everything else of this source, and waits
     /// for the connection's verdict on it.
-    async fn send(&mut self, reply: Reply) -> Result<(), ReplyError> {
+    fn send(&mut self, reply: Reply) -> impl Future<Output = Result<(), ReplyError>> + '_ {
         let terminal = reply.is_terminal();
         self.parts += 1;
         let seq = self.parts;
-        let id = self.id;
+        let id = self.link.id;
         let bytes = Command::reply_weight(&reply);
-        let respond = |conn: &mut Connection, reply| conn.respond(id, reply);
-        let verdict =
-            match desk::hand(&self.source, reply, bytes, Connection::can_reply, respond).await {
+        let Query {
+            ref source,
+            ref link,
+            ref mut finished,
+            ..
+        } = *self;
+        // Built here, outside the `async` block, so that the reply is held once (in `hand`)
+        // and not also as an argument: every handler's future is that much smaller.
+        let respond = move |conn: &mut Connection, reply| conn.respond(id, reply);
+        let hand = desk::hand(source, reply, bytes, Connection::can_reply, respond);
+        async move {
+            let verdict = match hand.await {
                 Ok(verdict) => verdict,
-                Err(reply) => self.send_queued(reply, seq).await,
+                // Boxed: the way through the queue is the rare one, and its state would
+                // make every handler's future larger.
+                Err(reply) => Box::pin(send_queued(source, link, id, reply, seq)).await,
             };
-        // Finished when the final reply went out, or when nothing more can reach the server
-        // for this query (then it is not reported dropped either). A refused final reply
-        // (rows of the wrong shape) leaves the query open: dropping it answers it.
-        self.finished |= match &verdict {
-            Ok(()) => terminal,
-            Err(e) => matches!(
-                e,
-                ReplyError::SessionEnded | ReplyError::Closed | ReplyError::QueryFinished
-            ),
-        };
-        verdict
-    }
-
-    /// The way through the command queue: the reply waits for room, then for its verdict.
-    async fn send_queued(&mut self, reply: Reply, seq: u32) -> Result<(), ReplyError> {
-        let cmd = Command::Reply {
-            id: self.id,
-            reply,
-            link: self.link.clone(),
-            seq,
-        };
-        if self.source.0.commands.send(cmd).await.is_err() {
-            return Err(ReplyError::Closed);
+            // Finished when the final reply went out, or when nothing more can reach the
+            // server for this query (then it is not reported dropped either). A refused
+            // final reply (rows of the wrong shape) leaves the query open: dropping it
+            // answers it.
+            *finished |= match &verdict {
+                Ok(()) => terminal,
+                Err(e) => matches!(
+                    e,
+                    ReplyError::SessionEnded | ReplyError::Closed | ReplyError::QueryFinished
+                ),
+            };
+            verdict
         }
-        std::future::poll_fn(|cx| self.link.poll_verdict(seq, cx)).await
     }
 
     fn rows<T: Serialize + ?Sized>(rows: &T) -> Result<Json, ReplyError> {
@@ -272,7 +261,7 @@ impl Query {
     fn chunker(&self) -> RowChunker {
         let budget = self
             .chunk_bytes
-            .saturating_sub(reply_overhead(&self.reply_address));
+            .saturating_sub(reply_overhead(&self.link.reply_address));
         RowChunker::new(budget)
     }
 
@@ -369,10 +358,29 @@ impl Drop for Query {
         // Ordered after every reply sent before; never waits, never refused while the driver
         // runs (a closed queue means nobody is left to answer).
         let error = dropped_error(self.source.name());
-        let _ = self
-            .source
-            .0
-            .commands
-            .push_unbounded(Command::Abandon { id: self.id, error });
+        let _ = self.source.0.commands.push_unbounded(Command::Abandon {
+            id: self.link.id,
+            error,
+        });
     }
+}
+
+/// A reply's way through the command queue: it waits for room, then for its verdict.
+async fn send_queued(
+    source: &Source,
+    link: &Arc<QueryLink>,
+    id: QueryId,
+    reply: Reply,
+    seq: u32,
+) -> Result<(), ReplyError> {
+    let cmd = Command::Reply {
+        id,
+        reply,
+        link: link.clone(),
+        seq,
+    };
+    if source.0.commands.send(cmd).await.is_err() {
+        return Err(ReplyError::Closed);
+    }
+    std::future::poll_fn(|cx| link.poll_verdict(seq, cx)).await
 }

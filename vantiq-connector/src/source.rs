@@ -206,9 +206,8 @@ impl Source {
             Ok(verdict) => return verdict,
             Err(n) => n,
         };
-        self.0
-            .commands
-            .send(Command::Notify(n))
+        // Boxed: as for a reply, the way through the queue is the rare one from a handler.
+        Box::pin(self.0.commands.send(Command::Notify(n)))
             .await
             .map_err(|_| NotifyError::Closed)
     }

@@ -131,8 +131,8 @@ impl Runner {
                 params,
                 reply_address,
             } => {
-                let link = Arc::new(QueryLink::new());
-                let query = Query::new(id, params, reply_address, source.clone(), link.clone());
+                let link = Arc::new(QueryLink::new(id, params, reply_address));
+                let query = Query::new(source.clone(), link.clone());
                 (handler.dyn_query(source, query), "query", Some((id, link)))
             }
             Event::Disconnected { reason } => (handler.dyn_close(source, reason), "close", None),
