@@ -1,7 +1,7 @@
 //! [`Source`]: a cheap, cloneable handle on one source, usable from any task.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::sync::{MutexGuard, PoisonError};
 
@@ -55,6 +55,9 @@ pub(crate) struct SourceShared {
     encoder: NotificationEncoder,
     /// The state, and the configuration of the current (or last) session.
     snapshot: Mutex<(ConnectionState, Option<Json>)>,
+    /// The state's code in [`STATES`], written under the snapshot's lock: reading the state
+    /// takes no lock (a handler may ask every source of a large set, for every source).
+    state: AtomicU8,
     changed: Signal,
     /// The one ordered queue of commands to the driver.
     pub(crate) commands: Lane<Command>,
@@ -107,6 +110,7 @@ impl Source {
             encoder: NotificationEncoder::new(&name),
             name,
             snapshot: Mutex::new((ConnectionState::Connecting, None)),
+            state: AtomicU8::new(state_code(ConnectionState::Connecting)),
             changed: Signal::new(),
             commands: Lane::new(queue),
             undelivered: AtomicU64::new(0),
@@ -135,7 +139,10 @@ impl Source {
     /// The connection state.
     #[must_use]
     pub fn state(&self) -> ConnectionState {
-        self.snapshot().0
+        match STATES.get(usize::from(self.0.state.load(Ordering::Acquire))) {
+            Some(state) => *state,
+            None => self.snapshot().0, // a state this crate does not know by code
+        }
     }
 
     /// True while the source is configured (notifications go straight out).
@@ -166,6 +173,7 @@ impl Source {
         {
             let mut snap = self.snapshot();
             snap.0 = state;
+            self.0.state.store(state_code(state), Ordering::Release);
             if let Some(config) = config {
                 snap.1 = Some(config);
             }
@@ -274,6 +282,28 @@ impl Source {
     }
 }
 
+/// Every state, by its code in `SourceShared::state`.
+const STATES: [ConnectionState; 8] = [
+    ConnectionState::WaitingToReconnect,
+    ConnectionState::Refused,
+    ConnectionState::Connecting,
+    ConnectionState::Authenticating,
+    ConnectionState::Attaching,
+    ConnectionState::Configured,
+    ConnectionState::Closed,
+    ConnectionState::Failed,
+];
+
+/// The code of `state` in [`STATES`] (one past the table for a state added to the core
+/// later: it is then read under the lock).
+fn state_code(state: ConnectionState) -> u8 {
+    STATES
+        .iter()
+        .position(|s| *s == state)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(u8::MAX)
+}
+
 /// Hands a notification to the connection itself (the desk's way in): the connection's
 /// verdict, as the caller sees it.
 fn notify_now(conn: &mut Connection, n: Notification) -> Result<(), NotifyError> {
@@ -292,5 +322,28 @@ fn check_notification(n: &Notification) -> Result<(), NotifyError> {
         Ok(())
     } else {
         Err(NotifyError::NotAnObject)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{STATES, Source, state_code};
+    use crate::lane::Bounds;
+    use vantiq_proto::ConnectionState;
+
+    #[test]
+    fn every_state_reads_back_as_set_without_the_lock() {
+        let bounds = Bounds { count: 1, bytes: 1 };
+        let source = Source::new("s".to_owned(), 1024, bounds);
+        assert_eq!(source.state(), ConnectionState::Connecting);
+        for (i, state) in STATES.iter().enumerate() {
+            assert_eq!(usize::from(state_code(*state)), i);
+            source.set_state(*state, None);
+            assert_eq!(source.state(), *state);
+            assert_eq!(
+                source.is_configured(),
+                *state == ConnectionState::Configured
+            );
+        }
     }
 }
