@@ -57,7 +57,7 @@ const READ_BATCH: usize = 256;
 /// Commands taken in one turn before other work gets a chance.
 const COMMAND_BATCH: usize = 1024;
 /// Handlers run per turn, so that their replies go out while later events are handled.
-const HANDLER_BATCH: usize = 16;
+const HANDLER_BATCH: usize = 32;
 /// Turns of the loop before yielding to the executor.
 const TURNS: usize = 32;
 /// Deadlines acted on in one turn (each moves every deadline that was due).

@@ -70,7 +70,8 @@ pub struct Limits {
     /// Bytes of those events (default 2 MiB).
     pub pending_event_bytes: usize,
     /// Commands (notifications, replies) the application hands its driver ahead of the
-    /// connection before it has to wait (default 64).
+    /// connection before it has to wait (default 64). The SDK's handlers, run by the driver
+    /// itself, hand their sends to the connection directly and wait for its room instead.
     pub application_queue: usize,
     /// Bytes of those commands (default 1 MiB).
     pub application_queue_bytes: usize,
