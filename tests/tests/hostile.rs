@@ -1,7 +1,8 @@
 //! A hostile server against the connector as a process (the `e2e-echo` binary), on both
 //! runtimes: graceful closes in the middle of notification bursts lose nothing, and the
-//! process's memory stays within the byte budgets while the server keeps it offline. The
-//! figures RELIABILITY.md quotes are printed (`-- --nocapture`).
+//! process's memory stays within the byte budgets while the server keeps it offline or
+//! stops reading in the middle of a flood. The figures RELIABILITY.md quotes are printed
+//! (`-- --nocapture`).
 
 #![allow(
     clippy::unwrap_used,
@@ -12,11 +13,15 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use vantiq_e2e::faults::rss_kib_of;
+use vantiq_e2e::proxy::{Proxy, STALL_HOLD};
 use vantiq_e2e::{Kit, Smol, config_dir, run};
+
+/// Long enough for a write stall to be found (20 s) and the rest of a flood to arrive.
+const LONG: Duration = Duration::from_secs(90);
 
 const BIN: &str = env!("CARGO_BIN_EXE_e2e-echo");
 
@@ -28,12 +33,14 @@ struct Connector {
 
 impl Connector {
     fn start(kit: &Kit, runtime: &str, test: &str) -> Connector {
+        Connector::start_at(&kit.url(), runtime, test)
+    }
+
+    /// The echo connector as a process, connected to `target` as source `s1`.
+    fn start_at(target: &str, runtime: &str, test: &str) -> Connector {
         let dir = config_dir(
             &format!("hostile-{test}-{runtime}"),
-            &format!(
-                "targetServer={}\nauthToken=T\nsources=s1\ntcpProbePort=0\n",
-                kit.url()
-            ),
+            &format!("targetServer={target}\nauthToken=T\nsources=s1\ntcpProbePort=0\n"),
         );
         let child = Command::new(BIN)
             .arg(runtime)
@@ -169,6 +176,82 @@ fn offline_memory_is_bounded_in_bytes(runtime: &'static str) {
         );
         drop(connector);
     });
+}
+
+const FLOOD: u64 = 500_000;
+
+/// "A peer that stops reading", with the cheapest notifications there are: budgets that
+/// counted a notification's JSON length (a couple of bytes) let a flood of them hold a
+/// hundred times the budget in frames. Here the server stops reading in the middle of a flood
+/// of 500,000 notifications of a few bytes each: a proxy black-holes the link, swallows
+/// 4 MiB, then reads nothing more. The connector finds the link dead (its writes stall),
+/// reconnects and finishes the flood, and its peak resident set stays within the budgets.
+fn a_server_that_stops_reading_cannot_grow_memory_with_tiny_notifications(runtime: &'static str) {
+    run::<Smol, _>(|| async move {
+        let kit = Kit::start(|b| b.token("T").source("s1", json!({}))).await;
+        let proxy = Proxy::start(kit.addr());
+        let connector = Connector::start_at(&proxy.url(), runtime, "stops-reading");
+        let s1 = kit.source("s1");
+        s1.wait_configured().await;
+        let (idle_rss, _) = connector.rss_kib();
+        let started = Instant::now();
+        s1.publish(json!({ "burst": FLOOD })).await;
+        // The flood is under way (the first notification is the echo's `connected`) ...
+        s1.notifications(1 + 1_000).await;
+        // ... when the server stops reading.
+        assert_eq!(proxy.stall(), 1);
+        let handle = s1.handle().clone();
+        let (last, reconnected) = kit
+            .on(async move {
+                // The write stall ends the link (20 s without a byte taken) and the
+                // connector comes back through the proxy, whose new links forward again.
+                handle.wait_connections(2, LONG).await.unwrap();
+                let reconnected = started.elapsed();
+                let mut at = 0;
+                let mut last = None;
+                while last != Some(FLOOD - 1) {
+                    let (next, got) = handle.wait_notifications_after(at, LONG).await;
+                    assert!(next != at, "the flood stopped at {last:?}");
+                    at = next;
+                    last = got
+                        .iter()
+                        .rev()
+                        .find_map(|n| n.to_value().ok()?.get("seq")?.as_u64())
+                        .or(last);
+                }
+                (last, reconnected)
+            })
+            .await;
+        assert_eq!(last, Some(FLOOD - 1));
+        let (_, peak) = connector.rss_kib();
+        let swallowed = proxy.stats().bytes_swallowed;
+        println!(
+            "{runtime}: {FLOOD} tiny notifications, the server stopped reading after {} KiB more; reconnected after {:.1} s; resident set idle {:.1} MiB, peak {:.1} MiB",
+            swallowed / 1024,
+            reconnected.as_secs_f64(),
+            idle_rss as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+        assert!(
+            swallowed >= STALL_HOLD as u64,
+            "the proxy took only {swallowed} bytes: the server never stopped reading"
+        );
+        assert!(
+            peak < PEAK_LIMIT_KIB,
+            "peak resident set {peak} KiB, over {PEAK_LIMIT_KIB} KiB"
+        );
+        drop(connector);
+    });
+}
+
+#[test]
+fn tokio_a_server_that_stops_reading_cannot_grow_memory_with_tiny_notifications() {
+    a_server_that_stops_reading_cannot_grow_memory_with_tiny_notifications("tokio");
+}
+
+#[test]
+fn smol_a_server_that_stops_reading_cannot_grow_memory_with_tiny_notifications() {
+    a_server_that_stops_reading_cannot_grow_memory_with_tiny_notifications("smol");
 }
 
 #[test]
