@@ -135,18 +135,23 @@ impl Timer for SmolTimer {
     }
 }
 
-/// A TCP stream on async-io that does not ask the socket for bytes it knows are not there.
+/// A TCP stream on async-io that does not try the socket when it knows the answer.
 ///
-/// async-io reads first and waits for readiness only when the socket has nothing, so every
-/// wait for the next frame begins with a read that fails (`EAGAIN`). After a read that did
-/// not fill the buffer the socket was empty, so this waits for readiness first: one system
-/// call less per wake-up, on the path of every query's latency. Data that arrives meanwhile
-/// is not missed: registering interest reports it at once.
+/// async-io tries the system call first and waits for readiness only when it fails
+/// (`EAGAIN`), so every wait for the next frame began with a read that failed, and a driver
+/// that looks at a full socket once per turn of its loop made a failed write each time
+/// (thousands a second while a slow server read a flood, in strace). After a read that did
+/// not fill the buffer, or a write that found the socket full, this waits for readiness
+/// first, as tokio does: one system call less per wake-up on the path of every query's
+/// latency, and none while the socket stays full. Nothing is missed: registering interest
+/// reports a socket that is ready already at once.
 #[derive(Debug)]
 pub struct SmolTcp {
     io: Arc<async_io::Async<std::net::TcpStream>>,
     /// The last read did not fill its buffer: wait for readiness before reading again.
     drained: bool,
+    /// The last write found the socket full: wait for readiness before writing again.
+    full: bool,
 }
 
 impl SmolTcp {
@@ -156,6 +161,7 @@ impl SmolTcp {
         SmolTcp {
             io: stream.into(),
             drained: false,
+            full: false,
         }
     }
 }
@@ -176,21 +182,41 @@ impl futures_io::AsyncRead for SmolTcp {
     }
 }
 
+impl SmolTcp {
+    /// Runs a write once the socket may take it, noting whether it found the socket full.
+    fn write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(
+            &mut &async_io::Async<std::net::TcpStream>,
+            &mut Context<'_>,
+        ) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if self.full {
+            std::task::ready!(self.io.poll_writable(cx))?;
+            self.full = false;
+        }
+        let r = write(&mut &*self.io, cx);
+        self.full = r.is_pending();
+        r
+    }
+}
+
 impl futures_io::AsyncWrite for SmolTcp {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.io).poll_write(cx, buf)
+        self.write_with(cx, |io, cx| Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.io).poll_write_vectored(cx, bufs)
+        self.write_with(cx, |io, cx| Pin::new(io).poll_write_vectored(cx, bufs))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -318,6 +344,49 @@ mod tests {
                 0,
                 "the end of the stream"
             );
+        });
+    }
+
+    /// After a write that found the socket full the stream waits for writability instead
+    /// of writing: the write still goes through once the peer reads, and nothing is lost.
+    #[test]
+    fn a_full_stream_writes_again_once_the_peer_reads() {
+        use futures_io::AsyncWrite as _;
+        use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        smol::block_on(async {
+            let listener = async_net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (client, accepted) =
+                smol::future::zip(async_net::TcpStream::connect(addr), listener.accept()).await;
+            let mut writer = SmolTcp::new(client.unwrap());
+            let (mut reader, _) = accepted.unwrap();
+            let chunk = [5u8; 64 * 1024];
+            // Fill the socket until it takes nothing more.
+            let mut sent = 0usize;
+            loop {
+                let mut write = std::pin::pin!(std::future::poll_fn(|cx| {
+                    std::pin::Pin::new(&mut writer).poll_write(cx, &chunk)
+                }));
+                match smol::future::poll_once(write.as_mut()).await {
+                    Some(n) => sent += n.unwrap(),
+                    None => break,
+                }
+            }
+            assert!(writer.full);
+            // The peer reads everything; the next write waits for room, then goes through.
+            let drain = async {
+                let mut got = vec![0u8; sent + 3];
+                reader.read_exact(&mut got).await.unwrap();
+                got
+            };
+            let (got, ()) = smol::future::zip(drain, async {
+                writer.write_all(b"end").await.unwrap();
+                writer.flush().await.unwrap();
+            })
+            .await;
+            assert!(got[..sent].iter().all(|b| *b == 5));
+            assert_eq!(&got[sent..], b"end");
         });
     }
 }
