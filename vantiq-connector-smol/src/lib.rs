@@ -304,6 +304,25 @@ mod tests {
         assert_eq!(rx.try_recv(), Ok(7));
     }
 
+    /// A connected pair on loopback: ours, and the plain stream of the other end.
+    async fn pair() -> (SmolTcp, async_net::TcpStream) {
+        let listener = async_net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            smol::future::zip(async_net::TcpStream::connect(addr), listener.accept()).await;
+        (SmolTcp::new(client.unwrap()), accepted.unwrap().0)
+    }
+
+    /// `f`, or a failure after 10 s: a readiness that is never reported must fail the test,
+    /// not hang it.
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        let limit = async {
+            async_io::Timer::after(std::time::Duration::from_secs(10)).await;
+            panic!("not ready within 10 s: the readiness was never reported");
+        };
+        smol::future::or(f, limit).await
+    }
+
     /// After a read that did not fill its buffer the stream waits for readiness instead of
     /// reading: bytes that come later, a burst larger than the buffer, and the end of the
     /// stream all still arrive.
@@ -313,12 +332,7 @@ mod tests {
         use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
         smol::block_on(async {
-            let listener = async_net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (client, accepted) =
-                smol::future::zip(async_net::TcpStream::connect(addr), listener.accept()).await;
-            let mut reader = SmolTcp::new(client.unwrap());
-            let (mut writer, _) = accepted.unwrap();
+            let (mut reader, mut writer) = pair().await;
             let mut buf = [0u8; 64];
 
             writer.write_all(b"first").await.unwrap();
@@ -331,7 +345,7 @@ mod tests {
             assert!(smol::future::poll_once(next.as_mut()).await.is_none());
             // ... and gets what comes later.
             writer.write_all(&[7u8; 100]).await.unwrap();
-            assert_eq!(next.await.unwrap(), 64);
+            assert_eq!(within(next).await.unwrap(), 64);
             let mut rest = Vec::new();
             while rest.len() < 36 {
                 let n = reader.read(&mut buf).await.unwrap();
@@ -340,7 +354,7 @@ mod tests {
             assert_eq!(rest, [7u8; 36]);
             drop(writer);
             assert_eq!(
-                reader.read(&mut buf).await.unwrap(),
+                within(reader.read(&mut buf)).await.unwrap(),
                 0,
                 "the end of the stream"
             );
@@ -355,12 +369,7 @@ mod tests {
         use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
         smol::block_on(async {
-            let listener = async_net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (client, accepted) =
-                smol::future::zip(async_net::TcpStream::connect(addr), listener.accept()).await;
-            let mut writer = SmolTcp::new(client.unwrap());
-            let (mut reader, _) = accepted.unwrap();
+            let (mut writer, mut reader) = pair().await;
             let chunk = [5u8; 64 * 1024];
             // Fill the socket until it takes nothing more.
             let mut sent = 0usize;
@@ -380,10 +389,10 @@ mod tests {
                 reader.read_exact(&mut got).await.unwrap();
                 got
             };
-            let (got, ()) = smol::future::zip(drain, async {
+            let (got, ()) = within(smol::future::zip(drain, async {
                 writer.write_all(b"end").await.unwrap();
                 writer.flush().await.unwrap();
-            })
+            }))
             .await;
             assert!(got[..sent].iter().all(|b| *b == 5));
             assert_eq!(&got[sent..], b"end");
