@@ -38,7 +38,7 @@ pub(crate) const BUDGET_BYTES: usize = 256 << 10;
 pub(crate) struct Desk {
     /// The source whose driver this is (the address of its shared state).
     source: usize,
-    pub(crate) conn: RefCell<Connection>,
+    conn: RefCell<Connection>,
     /// Bytes that may still be applied directly in this poll of the handlers.
     budget: Cell<usize>,
     /// Something was applied directly since the driver last looked.
@@ -70,6 +70,11 @@ impl Desk {
             used: Cell::new(false),
             yielded: Cell::new(false),
         }
+    }
+
+    /// The connection, for its driver (which holds the desk, so no borrow is checked).
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        self.conn.get_mut()
     }
 
     /// Runs `f` (the handlers' poll) with this desk set and a fresh budget; true if anything

@@ -114,12 +114,12 @@ pub(crate) struct Driver<R: Runtime> {
 /// without a word: replies waiting for a verdict get `Closed`, notifications are counted.
 impl<R: Runtime> Drop for Driver<R> {
     fn drop(&mut self) {
-        if self.desk.conn.get_mut().state().is_ended() {
+        if self.desk.conn().state().is_ended() {
             return; // closed: `on_closed` already accounted for everything
         }
         self.source.0.commands.close();
-        let left = self.drain_commands_after_close()
-            + self.desk.conn.get_mut().queued_notifications() as u64;
+        let left =
+            self.drain_commands_after_close() + self.desk.conn().queued_notifications() as u64;
         if left > 0 {
             self.source.add_undelivered(left);
             tracing::warn!(
@@ -232,29 +232,26 @@ impl<R: Runtime> Driver<R> {
     /// there were any. (Transmits are performed by `poll_write`, which runs every turn.)
     fn after_input(&mut self, now: Instant) -> bool {
         let mut any = false;
-        while let Some(e) = self.desk.conn.get_mut().poll_event() {
+        while let Some(e) = self.desk.conn().poll_event() {
             any = true;
             match e {
                 Event::Configured { config } => {
-                    tracing::info!(
-                        session = self.desk.conn.get_mut().session(),
-                        "source configured"
-                    );
+                    tracing::info!(session = self.desk.conn().session(), "source configured");
                     self.observer
-                        .publish(self.desk.conn.get_mut(), Some(config.clone()));
+                        .publish(self.desk.conn(), Some(config.clone()));
                     self.runner.push(Event::Configured { config });
                 }
                 Event::Disconnected { reason } => {
                     tracing::info!(?reason, "session ended");
                     // Queries of the ended session are refused from now on.
-                    self.observer.publish(self.desk.conn.get_mut(), None);
+                    self.observer.publish(self.desk.conn(), None);
                     self.runner.push(Event::Disconnected { reason });
                 }
                 Event::Closed { error, undelivered } => self.on_closed(now, error, undelivered),
                 e @ (Event::Publish { .. } | Event::Query { .. }) => self.runner.push(e),
             }
         }
-        self.observer.publish(self.desk.conn.get_mut(), None);
+        self.observer.publish(self.desk.conn(), None);
         any
     }
 
@@ -275,8 +272,8 @@ impl<R: Runtime> Driver<R> {
                 "notifications accepted for this source were never delivered: the connector stopped before the server could take them"
             );
         }
-        self.observer.publish(self.desk.conn.get_mut(), None);
-        let grace = self.desk.conn.get_mut().config().close_timeout;
+        self.observer.publish(self.desk.conn(), None);
+        let grace = self.desk.conn().config().close_timeout;
         self.ending.handlers_deadline = Some(now + grace);
         self.ending.outcome = Some(error);
     }
@@ -301,7 +298,7 @@ impl<R: Runtime> Driver<R> {
     fn apply(&mut self, cmd: Command) {
         match cmd {
             Command::Notify(n) => {
-                if self.desk.conn.get_mut().notify_encoded(n).is_err() {
+                if self.desk.conn().notify_encoded(n).is_err() {
                     // Closed: counted with the rest when the connection reports its end.
                     self.source.add_undelivered(1);
                 }
@@ -312,17 +309,11 @@ impl<R: Runtime> Driver<R> {
                 link,
                 seq,
             } => {
-                let verdict = self.desk.conn.get_mut().respond(id, reply);
+                let verdict = self.desk.conn().respond(id, reply);
                 link.set_verdict(seq, verdict);
             }
             Command::Abandon { id, error } => {
-                if self
-                    .desk
-                    .conn
-                    .get_mut()
-                    .respond(id, Reply::Error(error))
-                    .is_ok()
-                {
+                if self.desk.conn().respond(id, Reply::Error(error)).is_ok() {
                     tracing::debug!(
                         query = id.seq(),
                         "query answered with an error for the application"
@@ -344,7 +335,7 @@ impl<R: Runtime> Driver<R> {
         // The handles' last commands are taken whatever the bounds (the queue bounds them),
         // and the close timeout bounds how long they may take.
         self.source.0.commands.close();
-        self.desk.conn.get_mut().close(now);
+        self.desk.conn().close(now);
         while let Some(cmd) = self.source.0.commands.try_recv() {
             self.apply(cmd);
         }
@@ -357,12 +348,11 @@ impl<R: Runtime> Driver<R> {
             return false;
         };
         match result {
-            Ok(()) => self.desk.conn.get_mut().handle_open(now),
+            Ok(()) => self.desk.conn().handle_open(now),
             // Logged by the connection, once per failed attempt, with the back-off.
             Err(e) => self
                 .desk
-                .conn
-                .get_mut()
+                .conn()
                 .handle_closed(now, SocketEnd::ConnectFailed(e)),
         }
         self.after_input(now);
@@ -374,10 +364,7 @@ impl<R: Runtime> Driver<R> {
         for _ in 0..COMMAND_BATCH {
             // Notifications and replies are taken only while the outbox has room in bytes;
             // the command queue behind them then fills and their senders wait.
-            let (notify, reply) = (
-                self.desk.conn.get_mut().can_notify(),
-                self.desk.conn.get_mut().can_reply(),
-            );
+            let (notify, reply) = (self.desk.conn().can_notify(), self.desk.conn().can_reply());
             let next = self.source.0.commands.poll_recv_if(cx, |c| match c {
                 Command::Notify(_) => notify,
                 Command::Reply { .. } => reply,
@@ -410,7 +397,7 @@ impl<R: Runtime> Driver<R> {
                     return true;
                 }
             };
-            let Some(t) = self.desk.conn.get_mut().poll_transmit(writable) else {
+            let Some(t) = self.desk.conn().poll_transmit(writable) else {
                 break;
             };
             progress = true;
@@ -428,8 +415,7 @@ impl<R: Runtime> Driver<R> {
         if self.link.is_open() {
             let (waiting, progressed) = self.link.write_report();
             self.desk
-                .conn
-                .get_mut()
+                .conn()
                 .handle_write_status(now, waiting, progressed);
         }
         // Taking transmits can end a graceful close: its events come out too.
@@ -460,13 +446,13 @@ impl<R: Runtime> Driver<R> {
         if let SocketEnd::Error(e) = &end {
             tracing::warn!(error = %e, "socket error");
         }
-        self.desk.conn.get_mut().handle_closed(now, end);
+        self.desk.conn().handle_closed(now, end);
         self.after_input(now);
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let paused = self.runner.is_full();
-        self.desk.conn.get_mut().set_reading_paused(paused);
+        self.desk.conn().set_reading_paused(paused);
         if paused {
             return false;
         }
@@ -483,18 +469,17 @@ impl<R: Runtime> Driver<R> {
             match incoming {
                 Incoming::Frame(msg) => {
                     let data = msg.into_data();
-                    if let Err(e) = self.desk.conn.get_mut().handle_frame(now, &data) {
+                    if let Err(e) = self.desk.conn().handle_frame(now, &data) {
                         tracing::warn!(error = %e, bytes = data.len(), "dropped a frame from the server");
                         tracing::trace!(frame = %String::from_utf8_lossy(&data), "the dropped frame");
                     }
                 }
-                Incoming::Pong(payload) => self.desk.conn.get_mut().handle_pong(now, &payload),
+                Incoming::Pong(payload) => self.desk.conn().handle_pong(now, &payload),
                 Incoming::Closed { code, reason } => {
                     // The session is over now; the socket finishes its handshake on its own.
                     self.link.peer_closed(now);
                     self.desk
-                        .conn
-                        .get_mut()
+                        .conn()
                         .handle_closed(now, SocketEnd::Closed { code, reason });
                 }
                 Incoming::Ended => {
@@ -503,7 +488,7 @@ impl<R: Runtime> Driver<R> {
                         code: None,
                         reason: "the connection ended".to_owned(),
                     };
-                    self.desk.conn.get_mut().handle_closed(now, end);
+                    self.desk.conn().handle_closed(now, end);
                 }
                 Incoming::Failed(e) => {
                     self.socket_failed(now, SocketEnd::Error(e));
@@ -520,7 +505,7 @@ impl<R: Runtime> Driver<R> {
     /// The earliest instant something must happen.
     fn next_deadline(&mut self) -> Option<Instant> {
         [
-            self.desk.conn.get_mut().poll_timeout(),
+            self.desk.conn().poll_timeout(),
             self.link.closing_deadline(),
             self.ending.handlers_deadline,
         ]
@@ -555,14 +540,8 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn on_deadline(&mut self, cx: &mut Context<'_>, now: Instant) {
-        if self
-            .desk
-            .conn
-            .get_mut()
-            .poll_timeout()
-            .is_some_and(|d| d <= now)
-        {
-            self.desk.conn.get_mut().handle_timeout(now);
+        if self.desk.conn().poll_timeout().is_some_and(|d| d <= now) {
+            self.desk.conn().handle_timeout(now);
             self.after_input(now);
         }
         self.link.poll_closing(cx, now);
