@@ -443,7 +443,6 @@ fn the_readme_quickstart_runs_end_to_end() {
         "  reply 3: status 200 body [{\"i\":4}]",
         "  rows: [{\"i\":0},{\"i\":1},{\"i\":2},{\"i\":3},{\"i\":4}]",
         "after reconnectRequired the connector says: {\"connected\":true,\"config\":{\"pollMs\":250,\"room\":\"attic\"}}",
-        "after reconnectRequired the connector says: ",
         "  same socket: 1 socket(s) opened in all",
         "shut down cleanly (close frames seen: [(Some(1000), ",
     ] {

@@ -539,13 +539,8 @@ mod tests {
         assert_eq!(h.probe_threads(), 0);
     }
 
-    /// `shutdown` joins the automatic-mode worker. If the probes are opened again while the
-    /// worker is busy and `shutdown` already took its handle, a report starts a new worker;
-    /// the old one must still see that it was told to stop, or `shutdown` waits for it
-    /// forever (as it did when a cancelled connector set's sources reported `Closed` while
-    /// its probes shut down).
-    #[test]
-    fn shutdown_joins_a_busy_worker_even_if_another_starts_meanwhile() {
+    /// Automatic health with a TCP probe on loopback and one source, `a`.
+    fn auto_health_with_source_a() -> Health {
         let h = Health::new(HealthConfig {
             auto: true,
             tcp_port: 0,
@@ -553,6 +548,17 @@ mod tests {
             ..HealthConfig::default()
         });
         h.register_source("a");
+        h
+    }
+
+    /// `shutdown` joins the automatic-mode worker. If the probes are opened again while the
+    /// worker is busy and `shutdown` already took its handle, a report starts a new worker;
+    /// the old one must still see that it was told to stop, or `shutdown` waits for it
+    /// forever (as it did when a cancelled connector set's sources reported `Closed` while
+    /// its probes shut down).
+    #[test]
+    fn shutdown_joins_a_busy_worker_even_if_another_starts_meanwhile() {
+        let h = auto_health_with_source_a();
         // Keep the worker busy: it blocks on `control` while applying this report.
         let ctl = lock(&h.inner.control);
         h.report_source_state("a", ConnectionState::Configured);
@@ -592,13 +598,7 @@ mod tests {
     /// resumes automatic mode.
     #[test]
     fn reports_after_shutdown_start_nothing_until_a_probe_opens_again() {
-        let h = Health::new(HealthConfig {
-            auto: true,
-            tcp_port: 0,
-            bind: std::net::Ipv4Addr::LOCALHOST.into(),
-            ..HealthConfig::default()
-        });
-        h.register_source("a");
+        let h = auto_health_with_source_a();
         h.report_source_state("a", ConnectionState::Configured);
         assert!(h.wait_settled(Duration::from_secs(10)));
         assert!(h.tcp_probe_port().is_some());
